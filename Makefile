@@ -1,0 +1,47 @@
+# Set-up and everyday commands. `make demo` and `make test` work on a fresh Debian machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+SUDO   := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
+APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+
+.PHONY: venv demo test lint typecheck bench system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,fast-ua]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian's Chromium (Playwright's own browser download is not used) and a Redis server for the tests.
+system-deps:
+	@missing=""; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(APT) update -qq && $(APT) install -y -qq --no-install-recommends $$missing; \
+	fi
+
+demo: $(STAMP)
+	$(PY) -m demo_site
+
+test: $(STAMP) system-deps
+	$(PY) -m ruff check tracking_mw demo_site tests bench
+	$(PY) -m mypy
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(PY) -m ruff check tracking_mw demo_site tests bench
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+bench: $(STAMP) system-deps
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

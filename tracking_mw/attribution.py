@@ -1,0 +1,176 @@
+"""The visitor's attribution: one touch per ad platform plus the request's client context.
+
+A *touch* is what one platform's ad click left behind (its click id, the pixel id that came
+with it, pixel cookies, UTM tags, when it was first and last seen, and where it landed).
+Touches of different platforms live side by side; a newer click id for a platform replaces
+the older one (Kwai's document asks for exactly this, and Meta's tools behave the same).
+
+The *client context* (IP, user agent, page URL, referrer) belongs to the current request.
+It is never written into the cookie, but it is part of :meth:`Attribution.to_dict` so an app
+can store a full snapshot with an order and send an attributed conversion days later.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+__all__ = ["Attribution", "ClientContext", "Touch"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Touch:
+    """What one platform's click left: ids, times (Unix seconds), landing URL and extras.
+
+    ``extra`` holds the platform's secondary identifiers under fixed keys:
+    Meta ``fbc``/``fbp``, Bigo ``cookie_id``, TikTok ``ttp``.
+    """
+
+    platform: str
+    click_id: str | None = None
+    pixel_id: str | None = None
+    first_seen: int = 0
+    last_seen: int = 0
+    landing_url: str | None = None
+    utm: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; ``Touch.from_dict`` reads it back."""
+        d: dict[str, Any] = {
+            "platform": self.platform,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+        }
+        if self.click_id is not None:
+            d["click_id"] = self.click_id
+        if self.pixel_id is not None:
+            d["pixel_id"] = self.pixel_id
+        if self.landing_url is not None:
+            d["landing_url"] = self.landing_url
+        if self.utm:
+            d["utm"] = dict(self.utm)
+        if self.extra:
+            d["extra"] = dict(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Touch:
+        """Rebuild a touch; raises ``ValueError``/``TypeError`` on a malformed dict."""
+        platform = data["platform"]
+        if not isinstance(platform, str):
+            raise TypeError("touch platform must be a string")
+
+        def opt_str(key: str) -> str | None:
+            v = data.get(key)
+            if v is None:
+                return None
+            if not isinstance(v, str):
+                raise TypeError(f"touch {key} must be a string")
+            return v
+
+        def str_map(key: str) -> dict[str, str]:
+            v = data.get(key) or {}
+            if not isinstance(v, Mapping) or not all(
+                isinstance(k, str) and isinstance(x, str) for k, x in v.items()
+            ):
+                raise TypeError(f"touch {key} must map strings to strings")
+            return dict(v)
+
+        return cls(
+            platform=platform,
+            click_id=opt_str("click_id"),
+            pixel_id=opt_str("pixel_id"),
+            first_seen=int(data.get("first_seen", 0)),
+            last_seen=int(data.get("last_seen", 0)),
+            landing_url=opt_str("landing_url"),
+            utm=str_map("utm"),
+            extra=str_map("extra"),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientContext:
+    """The current request's client: raw IP and user agent (platforms want them unhashed)."""
+
+    ip: str | None = None
+    user_agent: str | None = None
+    url: str | None = None
+    referrer: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict without empty fields."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClientContext:
+        """Rebuild a client context, ignoring unknown keys."""
+        vals = {k: data.get(k) for k in ("ip", "user_agent", "url", "referrer")}
+        for k, v in vals.items():
+            if v is not None and not isinstance(v, str):
+                raise TypeError(f"client {k} must be a string")
+        return cls(**vals)
+
+
+def new_visitor_id() -> str:
+    """A random, unguessable visitor id (128 bits, URL-safe)."""
+    return secrets.token_urlsafe(16)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Attribution:
+    """One visitor's touches (by platform), visitor id and the current client context."""
+
+    visitor_id: str = field(default_factory=new_visitor_id)
+    touches: Mapping[str, Touch] = field(default_factory=dict)
+    client: ClientContext = field(default_factory=ClientContext)
+
+    def touch(self, platform: str) -> Touch | None:
+        """The touch of ``platform``, if the visitor came from it."""
+        return self.touches.get(platform)
+
+    def click_id(self, platform: str) -> str | None:
+        """Shortcut: the click id captured for ``platform``."""
+        t = self.touches.get(platform)
+        return t.click_id if t else None
+
+    def with_touch(self, touch: Touch) -> Attribution:
+        """A copy with ``touch`` stored for its platform (replacing the previous one)."""
+        touches = dict(self.touches)
+        touches[touch.platform] = touch
+        return replace(self, touches=touches)
+
+    def with_client(self, client: ClientContext) -> Attribution:
+        """A copy with another client context."""
+        return replace(self, client=client)
+
+    @property
+    def platforms(self) -> list[str]:
+        """Platforms this visitor has touches from."""
+        return list(self.touches)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready snapshot, to store with an order for an offline conversion later."""
+        return {
+            "visitor_id": self.visitor_id,
+            "touches": {p: t.to_dict() for p, t in self.touches.items()},
+            "client": self.client.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Attribution:
+        """Rebuild a snapshot made by :meth:`to_dict`; raises ``ValueError`` if malformed."""
+        try:
+            vid = data["visitor_id"]
+            if not isinstance(vid, str) or not vid:
+                raise TypeError("visitor_id must be a non-empty string")
+            raw = data.get("touches") or {}
+            if not isinstance(raw, Mapping):
+                raise TypeError("touches must be a mapping")
+            touches = {str(p): Touch.from_dict({**t, "platform": p}) for p, t in raw.items()}
+            client = ClientContext.from_dict(data.get("client") or {})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not an attribution snapshot: {exc}") from exc
+        return cls(visitor_id=vid, touches=touches, client=client)

@@ -1,0 +1,497 @@
+"""Settings: typed, keyword-only, validated when built, readable from ``TRACKING_*`` variables.
+
+Every platform is a small frozen value object; a platform left as ``None`` is not configured.
+A platform whose settings are only half given is a :class:`ConfigurationError` at construction,
+so a bad deploy fails at startup instead of losing conversions later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from ._errors import ConfigurationError
+
+__all__ = [
+    "BigoConfig",
+    "DeliveryConfig",
+    "KwaiConfig",
+    "MetaConfig",
+    "RoibestConfig",
+    "RoktConfig",
+    "Secret",
+    "Settings",
+    "TiktokConfig",
+]
+
+PLATFORMS = ("meta", "kwai", "bigo", "rokt", "roibest", "tiktok")
+ROKT_PODS = ("us1", "us2", "eu1", "au1")
+# Header budget: a browser drops a Set-Cookie line over 4,096 bytes; keep a small margin.
+MAX_SET_COOKIE_BYTES = 4093
+
+_T = TypeVar("_T")
+
+
+class Secret:
+    """A credential whose ``repr``/``str`` never show its value. ``reveal()`` returns it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: Secret | str) -> None:
+        if isinstance(value, Secret):
+            value = value.reveal()
+        if not isinstance(value, str):
+            raise TypeError("a secret must be a string")
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret value itself; pass it to a platform, never to a log."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+def _secret(value: Secret | str | None, name: str) -> Secret | None:
+    if value is None:
+        return None
+    s = Secret(value) if not isinstance(value, Secret) else value
+    if not s.reveal().strip():
+        raise ConfigurationError(f"{name} is empty")
+    return s
+
+
+def _base_url(value: str, name: str) -> str:
+    if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+", value):
+        raise ConfigurationError(f"{name} must be an http(s) URL such as https://host[:port][/prefix]")
+    return value.rstrip("/")
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    object.__setattr__(obj, name, value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetaConfig:
+    """Meta Conversions API: one pixel (dataset) and its access token."""
+
+    pixel_id: str
+    access_token: Secret
+    test_event_code: str | None = None
+    api_version: str = "v25.0"
+    base_url: str = "https://graph.facebook.com"
+
+    def __post_init__(self) -> None:
+        if not self.pixel_id or not str(self.pixel_id).strip():
+            raise ConfigurationError("Meta needs a pixel id: set TRACKING_META_PIXEL_ID")
+        _set(self, "pixel_id", str(self.pixel_id).strip())
+        if not self.access_token:
+            raise ConfigurationError("Meta needs an access token: set TRACKING_META_ACCESS_TOKEN")
+        _set(self, "access_token", _secret(self.access_token, "TRACKING_META_ACCESS_TOKEN"))
+        if not re.fullmatch(r"v\d+\.\d+", self.api_version):
+            raise ConfigurationError("TRACKING_META_API_VERSION must look like v25.0")
+        _set(self, "base_url", _base_url(self.base_url, "TRACKING_META_BASE_URL"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class KwaiConfig:
+    """Kwai Event API: an access token per pixel id (``"*"`` is the token for every pixel)."""
+
+    access_tokens: Mapping[str, Secret]
+    test: bool = False
+    base_url: str = "https://www.adsnebula.com"
+
+    def __post_init__(self) -> None:
+        tokens = {
+            str(k).strip(): _secret(v, f"Kwai token for pixel {k}")
+            for k, v in dict(self.access_tokens).items()
+        }
+        if not tokens:
+            raise ConfigurationError(
+                "Kwai needs access tokens: set TRACKING_KWAI_ACCESS_TOKENS=pixel:token,..."
+            )
+        _set(self, "access_tokens", tokens)
+        _set(self, "base_url", _base_url(self.base_url, "TRACKING_KWAI_BASE_URL"))
+
+    def token_for(self, pixel_id: str | None) -> Secret | None:
+        """The token of this pixel's ad account, else the catch-all token, else None."""
+        if pixel_id and pixel_id in self.access_tokens:
+            return self.access_tokens[pixel_id]
+        return self.access_tokens.get("*")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BigoConfig:
+    """Bigo Web Events API. Needs no credentials; ``pixel_id`` is a fallback for landings without one."""
+
+    pixel_id: str | None = None
+    base_url: str = "https://api.bytegle.site"
+
+    def __post_init__(self) -> None:
+        _set(self, "base_url", _base_url(self.base_url, "TRACKING_BIGO_BASE_URL"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoktConfig:
+    """Rokt Event API (mParticle): key and secret for HTTP Basic auth, and the data pod."""
+
+    api_key: Secret
+    api_secret: Secret
+    pod: str = "us1"
+    environment: Literal["production", "development"] = "production"
+    base_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.api_key or not self.api_secret:
+            raise ConfigurationError(
+                "Rokt needs both TRACKING_ROKT_API_KEY and TRACKING_ROKT_API_SECRET"
+            )
+        _set(self, "api_key", _secret(self.api_key, "TRACKING_ROKT_API_KEY"))
+        _set(self, "api_secret", _secret(self.api_secret, "TRACKING_ROKT_API_SECRET"))
+        pod = str(self.pod).strip().lower()
+        if pod not in ROKT_PODS:
+            raise ConfigurationError(f"TRACKING_ROKT_POD must be one of {', '.join(ROKT_PODS)}")
+        _set(self, "pod", pod)
+        if self.environment not in ("production", "development"):
+            raise ConfigurationError("TRACKING_ROKT_ENVIRONMENT must be production or development")
+        base = self.base_url or f"https://s2s.{pod}.mparticle.com"
+        _set(self, "base_url", _base_url(base, "TRACKING_ROKT_BASE_URL"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoibestConfig:
+    """ROIBest reporting API. ``channel`` picks the event-name vocabulary (default Meta's)."""
+
+    link_param: str = "link_id"
+    channel: str | None = None
+    base_url: str = "https://sdk-report.roibestopenapi.com"
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", self.link_param or ""):
+            raise ConfigurationError("TRACKING_ROIBEST_LINK_PARAM must be a plain parameter name")
+        if self.channel is not None:
+            ch = self.channel.strip().lower()
+            if ch not in ("meta", "kwai", "bigo", "tiktok"):
+                raise ConfigurationError(
+                    "TRACKING_ROIBEST_CHANNEL must be one of meta, kwai, bigo, tiktok"
+                )
+            _set(self, "channel", ch)
+        _set(self, "base_url", _base_url(self.base_url, "TRACKING_ROIBEST_BASE_URL"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TiktokConfig:
+    """TikTok Events API 2.0: a pixel code and an access token."""
+
+    pixel_id: str
+    access_token: Secret
+    test_event_code: str | None = None
+    base_url: str = "https://business-api.tiktok.com"
+
+    def __post_init__(self) -> None:
+        if not self.pixel_id or not self.access_token:
+            raise ConfigurationError(
+                "TikTok needs both TRACKING_TIKTOK_PIXEL_ID and TRACKING_TIKTOK_ACCESS_TOKEN"
+            )
+        _set(self, "access_token", _secret(self.access_token, "TRACKING_TIKTOK_ACCESS_TOKEN"))
+        _set(self, "base_url", _base_url(self.base_url, "TRACKING_TIKTOK_BASE_URL"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryConfig:
+    """How the dispatcher sends: attempts, backoff, leases, timeouts, per-platform limits."""
+
+    max_attempts: int = 12
+    backoff_base: float = 1.0
+    backoff_cap: float = 600.0
+    lease_seconds: float = 60.0
+    timeout: float = 10.0
+    poll_interval: float = 0.2
+    shutdown_grace: float = 5.0
+    max_age_seconds: float = 7 * 86400.0
+    concurrency: Mapping[str, int] = field(default_factory=dict)
+    rate_limits: Mapping[str, float] = field(default_factory=lambda: {"rokt": 270.0})
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigurationError("max_attempts must be >= 1")
+        for name in ("backoff_base", "backoff_cap", "lease_seconds", "timeout", "poll_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(f"{name} must be > 0")
+        if self.backoff_cap < self.backoff_base:
+            raise ConfigurationError("backoff_cap must be >= backoff_base")
+        _set(self, "concurrency", dict(self.concurrency))
+        _set(self, "rate_limits", dict(self.rate_limits))
+
+    def concurrency_for(self, platform: str) -> int:
+        """Requests in flight at once to one platform."""
+        return int(self.concurrency.get(platform, 4))
+
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything tracking_mw needs, validated at construction.
+
+    Build it in code (``Settings(secret_key="...", meta=MetaConfig(...))``) or from the
+    environment with :meth:`from_env`. ``secret_key`` accepts one key or a list, newest first:
+    cookies are signed with the newest and accepted with any listed key (rotation).
+    """
+
+    secret_key: Sequence[Secret | str] | Secret | str
+    cookie_name: str = "_tmw"
+    cookie_max_age: int = 28 * 86400
+    cookie_secure: bool = True
+    cookie_domain: str | None = None
+    cookie_samesite: Literal["lax", "strict", "none"] = "lax"
+    write_meta_cookies: bool = True
+    meta_cookie_max_age: int = 90 * 86400
+    trusted_proxies: Sequence[str | _Network] = ()
+    capture_bots: bool = False
+    consent: Callable[[MutableMapping[str, Any]], bool] | None = None
+    phone_region: str = "BR"
+    meta: MetaConfig | None = None
+    kwai: KwaiConfig | None = None
+    bigo: BigoConfig | None = field(default_factory=BigoConfig)
+    rokt: RoktConfig | None = None
+    roibest: RoibestConfig | None = field(default_factory=RoibestConfig)
+    tiktok: TiktokConfig | None = None
+    event_map: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
+    outbox: str = "sqlite:///tracking_outbox.sqlite3"
+    start_dispatcher: bool = True
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+
+    def __post_init__(self) -> None:
+        keys = self.secret_key
+        if isinstance(keys, (str, Secret)):
+            keys = [keys]
+        secrets = tuple(Secret(k) for k in keys if (k.reveal() if isinstance(k, Secret) else k))
+        if not secrets:
+            raise ConfigurationError(
+                "no secret key: set TRACKING_SECRET_KEY (comma-separated, newest first) "
+                "or pass Settings(secret_key=...)"
+            )
+        if any(len(s.reveal()) < 16 for s in secrets):
+            raise ConfigurationError("each TRACKING_SECRET_KEY must be at least 16 characters")
+        _set(self, "secret_key", secrets)
+        if not re.fullmatch(r"[A-Za-z0-9_\-.]{1,64}", self.cookie_name):
+            raise ConfigurationError("TRACKING_COOKIE_NAME must be a plain cookie name")
+        if int(self.cookie_max_age) <= 0:
+            raise ConfigurationError("TRACKING_COOKIE_MAX_AGE must be a positive number of seconds")
+        if self.cookie_domain is not None and not re.fullmatch(
+            r"\.?[A-Za-z0-9\-.]{1,253}", self.cookie_domain
+        ):
+            raise ConfigurationError("TRACKING_COOKIE_DOMAIN must be a host name")
+        samesite = str(self.cookie_samesite).lower()
+        if samesite not in ("lax", "strict", "none"):
+            raise ConfigurationError("cookie_samesite must be lax, strict or none")
+        _set(self, "cookie_samesite", samesite)
+        nets: list[_Network] = []
+        for p in self.trusted_proxies:
+            try:
+                nets.append(ipaddress.ip_network(p.strip() if isinstance(p, str) else p, strict=False))
+            except ValueError as exc:
+                raise ConfigurationError(
+                    f"TRACKING_TRUSTED_PROXIES: {p!r} is not an IP address or CIDR"
+                ) from exc
+        _set(self, "trusted_proxies", tuple(nets))
+        if self.consent is not None and not callable(self.consent):
+            raise ConfigurationError("consent must be a callable taking the scope/environ")
+        if not re.fullmatch(r"[A-Z]{2}", self.phone_region):
+            raise ConfigurationError("phone_region must be an ISO 3166 alpha-2 code such as BR")
+        emap: dict[str, dict[str, str | None]] = {}
+        for platform, table in dict(self.event_map).items():
+            if platform not in PLATFORMS:
+                raise ConfigurationError(
+                    f"event_map: unknown platform {platform!r} (one of {', '.join(PLATFORMS)})"
+                )
+            emap[platform] = {str(k).strip().lower(): v for k, v in dict(table).items()}
+        _set(self, "event_map", emap)
+        if not re.match(r"^(sqlite|redis|rediss|memory)://", self.outbox):
+            raise ConfigurationError(
+                "TRACKING_OUTBOX must be sqlite:///path, redis://host:port/db or memory://"
+            )
+
+    @property
+    def platforms(self) -> dict[str, object]:
+        """The configured platforms by name."""
+        return {p: getattr(self, p) for p in PLATFORMS if getattr(self, p) is not None}
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings from ``TRACKING_*`` variables; keyword ``overrides`` win over them."""
+        env = os.environ if environ is None else environ
+        kw: dict[str, Any] = {}
+
+        def get(name: str) -> str | None:
+            v = env.get(name)
+            return v.strip() if v is not None and v.strip() != "" else None
+
+        if (v := get("TRACKING_SECRET_KEY")) is not None:
+            kw["secret_key"] = [k.strip() for k in v.split(",") if k.strip()]
+        else:
+            kw["secret_key"] = ()
+        if (v := get("TRACKING_COOKIE_NAME")) is not None:
+            kw["cookie_name"] = v
+        if (v := get("TRACKING_COOKIE_MAX_AGE")) is not None:
+            kw["cookie_max_age"] = _int(v, "TRACKING_COOKIE_MAX_AGE")
+        if (v := get("TRACKING_COOKIE_SECURE")) is not None:
+            kw["cookie_secure"] = _bool(v, "TRACKING_COOKIE_SECURE")
+        if (v := get("TRACKING_COOKIE_DOMAIN")) is not None:
+            kw["cookie_domain"] = v
+        if (v := get("TRACKING_WRITE_META_COOKIES")) is not None:
+            kw["write_meta_cookies"] = _bool(v, "TRACKING_WRITE_META_COOKIES")
+        if (v := get("TRACKING_TRUSTED_PROXIES")) is not None:
+            kw["trusted_proxies"] = [p.strip() for p in v.split(",") if p.strip()]
+        if (v := get("TRACKING_CAPTURE_BOTS")) is not None:
+            kw["capture_bots"] = _bool(v, "TRACKING_CAPTURE_BOTS")
+        if (v := get("TRACKING_PHONE_REGION")) is not None:
+            kw["phone_region"] = v.upper()
+        if (v := get("TRACKING_OUTBOX")) is not None:
+            kw["outbox"] = v
+        if (v := get("TRACKING_START_DISPATCHER")) is not None:
+            kw["start_dispatcher"] = _bool(v, "TRACKING_START_DISPATCHER")
+
+        kw["meta"] = _platform_from_env(
+            get,
+            "META",
+            MetaConfig,
+            required={"pixel_id": "PIXEL_ID", "access_token": "ACCESS_TOKEN"},
+            optional={"test_event_code": "TEST_EVENT_CODE", "api_version": "API_VERSION"},
+        )
+        kw["rokt"] = _platform_from_env(
+            get,
+            "ROKT",
+            RoktConfig,
+            required={"api_key": "API_KEY", "api_secret": "API_SECRET"},
+            optional={"pod": "POD", "environment": "ENVIRONMENT"},
+        )
+        kw["tiktok"] = _platform_from_env(
+            get,
+            "TIKTOK",
+            TiktokConfig,
+            required={"pixel_id": "PIXEL_ID", "access_token": "ACCESS_TOKEN"},
+            optional={"test_event_code": "TEST_EVENT_CODE"},
+        )
+        tokens = get("TRACKING_KWAI_ACCESS_TOKENS")
+        if tokens is not None:
+            kwai_kw: dict[str, Any] = {"access_tokens": _kwai_tokens(tokens)}
+            if (v := get("TRACKING_KWAI_TEST")) is not None:
+                kwai_kw["test"] = _bool(v, "TRACKING_KWAI_TEST")
+            if (v := get("TRACKING_KWAI_BASE_URL")) is not None:
+                kwai_kw["base_url"] = v
+            kw["kwai"] = KwaiConfig(**kwai_kw)
+        elif get("TRACKING_KWAI_TEST") is not None:
+            raise ConfigurationError(
+                "TRACKING_KWAI_TEST is set but TRACKING_KWAI_ACCESS_TOKENS is not"
+            )
+        if get("TRACKING_BIGO_ENABLED") is not None and not _bool(
+            get("TRACKING_BIGO_ENABLED") or "", "TRACKING_BIGO_ENABLED"
+        ):
+            kw["bigo"] = None
+        else:
+            bigo_kw: dict[str, Any] = {}
+            if (v := get("TRACKING_BIGO_PIXEL_ID")) is not None:
+                bigo_kw["pixel_id"] = v
+            if (v := get("TRACKING_BIGO_BASE_URL")) is not None:
+                bigo_kw["base_url"] = v
+            kw["bigo"] = BigoConfig(**bigo_kw)
+        if get("TRACKING_ROIBEST_ENABLED") is not None and not _bool(
+            get("TRACKING_ROIBEST_ENABLED") or "", "TRACKING_ROIBEST_ENABLED"
+        ):
+            kw["roibest"] = None
+        else:
+            rb_kw: dict[str, Any] = {}
+            for attr, suffix in (
+                ("link_param", "LINK_PARAM"),
+                ("channel", "CHANNEL"),
+                ("base_url", "BASE_URL"),
+            ):
+                if (v := get(f"TRACKING_ROIBEST_{suffix}")) is not None:
+                    rb_kw[attr] = v
+            kw["roibest"] = RoibestConfig(**rb_kw)
+
+        kw.update(overrides)
+        return cls(**kw)
+
+
+def _platform_from_env(
+    get: Callable[[str], str | None],
+    prefix: str,
+    factory: Callable[..., _T],
+    *,
+    required: Mapping[str, str],
+    optional: Mapping[str, str],
+) -> _T | None:
+    given = {attr: get(f"TRACKING_{prefix}_{suffix}") for attr, suffix in required.items()}
+    opt = {attr: get(f"TRACKING_{prefix}_{suffix}") for attr, suffix in optional.items()}
+    base = get(f"TRACKING_{prefix}_BASE_URL")
+    if all(v is None for v in given.values()):
+        if any(v is not None for v in opt.values()) or base is not None:
+            names = ", ".join(f"TRACKING_{prefix}_{s}" for s in required.values())
+            raise ConfigurationError(f"{prefix.title()} is half configured: set {names}")
+        return None
+    missing = [f"TRACKING_{prefix}_{required[a]}" for a, v in given.items() if v is None]
+    if missing:
+        raise ConfigurationError(f"{prefix.title()} is half configured: set {', '.join(missing)}")
+    kwargs: dict[str, Any] = {k: v for k, v in {**given, **opt}.items() if v is not None}
+    if base is not None:
+        kwargs["base_url"] = base
+    return factory(**kwargs)
+
+
+def _kwai_tokens(raw: str) -> dict[str, Secret]:
+    parts = [p.strip() for p in raw.split(",") if p.strip()]
+    if len(parts) == 1 and ":" not in parts[0]:
+        return {"*": Secret(parts[0])}
+    tokens: dict[str, Secret] = {}
+    for part in parts:
+        pixel, sep, token = part.partition(":")
+        if not sep or not pixel.strip() or not token.strip():
+            raise ConfigurationError(
+                "TRACKING_KWAI_ACCESS_TOKENS must be pixel:token pairs separated by commas, "
+                "or one bare token for every pixel"
+            )
+        tokens[pixel.strip()] = Secret(token.strip())
+    return tokens
+
+
+def _bool(value: str, name: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be true or false, not {value!r}")
+
+
+def _int(value: str, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be a whole number, not {value!r}") from exc
