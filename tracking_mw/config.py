@@ -139,7 +139,7 @@ class KwaiConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class BigoConfig:
-    """Bigo Web Events API. Needs no credentials; ``pixel_id`` is a fallback for landings without one."""
+    """Bigo Web Events API: no credentials; ``pixel_id`` is a fallback for landings without one."""
 
     pixel_id: str | None = None
     base_url: str = "https://api.bytegle.site"
@@ -308,7 +308,8 @@ class Settings:
         nets: list[_Network] = []
         for p in self.trusted_proxies:
             try:
-                nets.append(ipaddress.ip_network(p.strip() if isinstance(p, str) else p, strict=False))
+                raw = p.strip() if isinstance(p, str) else p
+                nets.append(ipaddress.ip_network(raw, strict=False))
             except ValueError as exc:
                 raise ConfigurationError(
                     f"TRACKING_TRUSTED_PROXIES: {p!r} is not an IP address or CIDR"
