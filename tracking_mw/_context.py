@@ -22,13 +22,14 @@ __all__ = ["RequestState", "current_attribution", "current_state"]
 class RequestState:
     """Per-request state the middleware shares with view code.
 
-    ``attribution`` may be replaced by the middleware while the request runs (it is the
-    visitor's attribution as of this request); ``runtime`` is the tracker/dispatcher owner of
-    the middleware that handled the request.
+    ``attribution`` is the visitor's attribution as of this request, or ``None`` when the
+    consent hook refused tracking (then ``consent`` is False and nothing may be sent);
+    ``runtime`` owns the tracker and dispatcher of the middleware that handled the request.
     """
 
-    attribution: Attribution
+    attribution: Attribution | None
     runtime: Runtime | None = None
+    consent: bool = True
 
 
 _state: ContextVar[RequestState | None] = ContextVar("tracking_mw_state", default=None)
