@@ -54,7 +54,9 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | N
 def serve_in_thread(app: Any, *, port: int | None = None, lifespan: str = "on") -> Iterator[str]:
     """Run ``app`` on a real uvicorn server in a thread; yields its base URL."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan=lifespan
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -73,12 +75,17 @@ def serve_in_thread(app: Any, *, port: int | None = None, lifespan: str = "on") 
 class Child:
     """A child process (uvicorn app, dispatcher...) that tests can kill -9 and restart."""
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None,
-                 cwd: str | None = None) -> None:
+    def __init__(
+        self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: str | None = None
+    ) -> None:
         full_env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] = subprocess.Popen(
-            list(argv), env=full_env, cwd=cwd,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+            list(argv),
+            env=full_env,
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
 
     def kill9(self) -> None:
@@ -109,5 +116,16 @@ class Child:
 
 def uvicorn_argv(app_ref: str, port: int, *extra: str) -> list[str]:
     """argv to run ``module:app`` (or ``--factory`` refs) under uvicorn in a child process."""
-    return [sys.executable, "-m", "uvicorn", app_ref, "--host", "127.0.0.1",
-            "--port", str(port), "--log-level", "warning", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app_ref,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
