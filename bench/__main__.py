@@ -30,7 +30,8 @@ def main(argv: list[str]) -> int:
         "# Benchmark results\n\n"
         f"Measured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, {platform.machine()}. "
-        "Regenerate with `make bench`. Every ratio is against a baseline measured in the same run.\n"
+        "Regenerate with `make bench`. "
+        "Every ratio is against a baseline measured in the same run.\n"
     )
     if names == list(MODULES):
         RESULTS.write_text(header + "\n" + "\n\n".join(sections) + "\n")
