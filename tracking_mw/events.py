@@ -7,6 +7,7 @@ through unchanged. Normalization and hashing per platform happen in the adapters
 
 from __future__ import annotations
 
+import datetime
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -109,6 +110,7 @@ class Event:
     contents: Sequence[Mapping[str, Any]] = ()
     properties: Mapping[str, Any] = field(default_factory=dict)
     event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    #: Unix seconds; a ``datetime`` is accepted and converted (naive means UTC).
     event_time: float = field(default_factory=time.time)
     event_source_url: str | None = None
 
@@ -129,10 +131,21 @@ class Event:
             raise InvalidEvent("event_id must be a non-empty string", field="event_id")
         if len(self.event_id) > 128:
             raise InvalidEvent("event_id is longer than 128 characters", field="event_id")
-        if isinstance(self.event_time, bool) or not isinstance(self.event_time, (int, float)):
-            raise InvalidEvent("event_time must be Unix seconds", field="event_time")
+        when: Any = self.event_time
+        if isinstance(when, datetime.datetime):
+            # A naive datetime is taken as UTC: servers and payment webhooks mostly log UTC.
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=datetime.UTC)
+            object.__setattr__(self, "event_time", when.timestamp())
+        elif isinstance(when, bool) or not isinstance(when, (int, float)) or when != when:
+            raise InvalidEvent("event_time must be Unix seconds or a datetime", field="event_time")
+        else:
+            object.__setattr__(self, "event_time", float(when))
         if self.event_time > time.time() + 300:
-            raise InvalidEvent("event_time is in the future", field="event_time")
+            hint = " (milliseconds instead of seconds?)" if self.event_time > 1e11 else ""
+            raise InvalidEvent(f"event_time is in the future{hint}", field="event_time")
+        if self.event_time <= 0:
+            raise InvalidEvent("event_time must be after 1970", field="event_time")
         if not isinstance(self.properties, Mapping):
             raise InvalidEvent("properties must be a dict", field="properties")
         object.__setattr__(self, "properties", dict(self.properties))

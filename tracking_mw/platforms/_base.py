@@ -17,12 +17,15 @@ The life of one event on one platform:
 from __future__ import annotations
 
 import email.utils
+import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
+from .._normalize import json_number
 from ..attribution import Attribution
 from ..events import Event
 
@@ -31,8 +34,15 @@ __all__ = [
     "Outcome",
     "PlatformRequest",
     "Skip",
+    "clean_contents",
     "default_classification",
+    "json_bytes",
+    "jsonable",
+    "not_sent",
+    "parse_json",
     "parse_retry_after",
+    "scalar_properties",
+    "source_url",
 ]
 
 OutcomeKind = Literal["ok", "retry", "permanent"]
@@ -117,6 +127,21 @@ def default_classification(status: int, headers: Mapping[str, str]) -> Outcome |
     return None
 
 
+def json_bytes(obj: Any) -> bytes:
+    """Compact UTF-8 JSON, the body every JSON platform gets."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def parse_json(body: bytes) -> Any:
+    """The decoded JSON body, or ``None`` when it is empty or not JSON."""
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 class Adapter(ABC):
     """Base of every platform adapter. Subclasses are small and declarative."""
 
@@ -142,3 +167,82 @@ class Adapter(ABC):
         self, status: int, headers: Mapping[str, str], body: bytes, item_count: int
     ) -> Outcome:
         """Judge the platform's answer to a request built by :meth:`build`."""
+
+
+def source_url(event: Event, attribution: Attribution) -> str | None:
+    """Where the event happened: the event's own URL, else the current request's URL."""
+    return event.event_source_url or attribution.client.url or None
+
+
+def not_sent(platform: str, name: str) -> Skip:
+    """The :class:`Skip` for an event the vocabulary marks "(not sent)" on ``platform``."""
+    return Skip(f"{platform} does not take {name}")
+
+
+def scalar_properties(props: Mapping[str, Any], *, max_len: int = 4096) -> dict[str, Any]:
+    """The JSON scalars of ``props`` (str, int, float, bool), strings cut to ``max_len``."""
+    out: dict[str, Any] = {}
+    for k, v in props.items():
+        if not isinstance(k, str) or not k:
+            continue
+        if isinstance(v, str):
+            out[k[:256]] = v[:max_len]
+        elif isinstance(v, (bool, int)) or (
+            isinstance(v, float) and v == v and v not in (float("inf"), float("-inf"))
+        ):
+            out[k[:256]] = v
+    return out
+
+
+def jsonable(value: Any, _depth: int = 0) -> Any:
+    """``value`` made JSON-ready: Decimals become numbers, tuples lists; other types dropped.
+
+    Returns ``None`` for what cannot be represented (and for nesting deeper than 8).
+    """
+    if _depth > 8:
+        return None
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, Decimal):
+        return json_number(value) if value.is_finite() else None
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            j = jsonable(v, _depth + 1)
+            if isinstance(k, str) and j is not None:
+                out[k] = j
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [jsonable(v, _depth + 1) for v in value]
+        return [v for v in items if v is not None]
+    return None
+
+
+def clean_contents(contents: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Contents as ``[{"id", "quantity", "item_price", ...}]``, JSON-ready.
+
+    ``price`` is accepted for ``item_price``; ``id`` becomes a string; items without an id
+    are kept only for their other fields.
+    """
+    out: list[dict[str, Any]] = []
+    for c in contents:
+        item: dict[str, Any] = {}
+        for k, v in c.items():
+            j = jsonable(v)
+            if j is None:
+                continue
+            if k == "id":
+                item["id"] = str(j)
+            elif k in ("price", "item_price"):
+                if isinstance(j, (int, float)) and not isinstance(j, bool):
+                    item["item_price"] = j
+            elif k == "quantity":
+                if isinstance(j, int) and not isinstance(j, bool):
+                    item["quantity"] = j
+            else:
+                item[k] = j
+        if item:
+            out.append(item)
+    return out

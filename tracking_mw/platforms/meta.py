@@ -1,0 +1,198 @@
+"""Meta Conversions API: ``POST {base}/{version}/{pixel}/events``, form-encoded.
+
+The body is ``data=<JSON array of server events>&access_token=…`` (plus
+``test_event_code`` in test mode); up to 1,000 events per request, grouped by pixel.
+
+Meta applies whenever it is configured: it matches on IP, user agent, ``fbc``/``fbp`` and
+hashed user data, not only on a click id. A website event still needs the visitor's user
+agent, the page URL and one more identifier, and must be at most 7 days old (an older one
+makes Meta reject the *whole* request), so such events are skipped with a reason.
+
+Answers: 2xx with ``events_received == len(data)`` is ok. Errors come as
+``{"error": {"message", "type", "code", "fbtrace_id"}}``: throttling codes (4, 17, 32, 613,
+80004) and ``is_transient`` errors retry, other codes (100 invalid parameter, 190 token,
+200 permission, ...) are permanent. A 2xx body that is not JSON is retried: events carry
+``event_id``, so Meta deduplicates a resend.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .._errors import ConfigurationError
+from .._normalize import json_number, meta_hash, normalize_ip
+from ..attribution import Attribution
+from ..config import MetaConfig, Settings
+from ..events import Event
+from ..vocabulary import platform_event_name
+from ._base import (
+    Adapter,
+    Outcome,
+    PlatformRequest,
+    Skip,
+    clean_contents,
+    default_classification,
+    jsonable,
+    not_sent,
+    parse_json,
+    parse_retry_after,
+    source_url,
+)
+
+__all__ = ["MetaAdapter"]
+
+MAX_AGE_SECONDS = 7 * 86400
+_THROTTLING = frozenset({4, 17, 32, 613, 80004})
+_TRANSIENT = frozenset({1, 2})
+_HASHED_FIELDS = (
+    ("em", "email"),
+    ("ph", "phone"),
+    ("fn", "first_name"),
+    ("ln", "last_name"),
+    ("ge", "gender"),
+    ("db", "date_of_birth"),
+    ("ct", "city"),
+    ("st", "state"),
+    ("zp", "zip"),
+    ("country", "country"),
+    ("external_id", "external_id"),
+)
+
+
+class MetaAdapter(Adapter):
+    """Meta Conversions API adapter (batches up to 1,000 events per pixel)."""
+
+    name = "meta"
+    max_batch = 1000
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.meta is None:
+            raise ConfigurationError("Meta is not configured")
+        self.settings = settings
+        self.config: MetaConfig = settings.meta
+
+    def prepare(self, event: Event, attribution: Attribution) -> dict[str, Any]:
+        """The server event for ``event``, or :class:`Skip`."""
+        name = platform_event_name("meta", event.name, self.settings.event_map)
+        if name is None:
+            raise not_sent("meta", event.name)
+        if time.time() - event.event_time > MAX_AGE_SECONDS:
+            raise Skip("meta takes events at most 7 days old")
+        user: dict[str, Any] = {}
+        region = self.settings.phone_region
+        for key, attr in _HASHED_FIELDS:
+            hashed = meta_hash(key, getattr(event.user, attr), region)
+            if hashed is not None:
+                user[key] = hashed
+        ip = normalize_ip(attribution.client.ip)
+        if ip:
+            user["client_ip_address"] = ip
+        touch = attribution.touch("meta")
+        if touch is not None:
+            fbc = touch.extra.get("fbc")
+            if not fbc and touch.click_id:
+                # The _fbc cookie is missing: build it from fbclid as Meta's pixel would.
+                created = (touch.first_seen or int(event.event_time)) * 1000
+                fbc = f"fb.1.{created}.{touch.click_id}"
+            if fbc:
+                user["fbc"] = fbc
+            if touch.extra.get("fbp"):
+                user["fbp"] = touch.extra["fbp"]
+        ua = attribution.client.user_agent
+        if not ua:
+            raise Skip("meta needs the visitor's user agent for a website event")
+        if not user:
+            raise Skip("meta needs an identifier besides the user agent (IP, fbc, fbp, email...)")
+        user["client_user_agent"] = ua
+        url = source_url(event, attribution)
+        if not url:
+            raise Skip("meta needs the page URL (event_source_url) for a website event")
+        server_event: dict[str, Any] = {
+            "event_name": name,
+            "event_time": int(event.event_time),
+            "event_id": event.event_id,
+            "action_source": "website",
+            "event_source_url": url,
+            "user_data": user,
+        }
+        custom = self._custom_data(event)
+        if custom:
+            server_event["custom_data"] = custom
+        return {"pixel_id": self.config.pixel_id, "event": server_event}
+
+    @staticmethod
+    def _custom_data(event: Event) -> dict[str, Any]:
+        custom: dict[str, Any] = {}
+        props = jsonable(event.properties) or {}
+        custom.update(props)
+        if event.value is not None:
+            custom["value"] = json_number(event.value)
+        if event.currency:
+            custom["currency"] = event.currency
+        contents = clean_contents(event.contents)
+        if contents:
+            custom["contents"] = contents
+            ids = [c["id"] for c in contents if "id" in c]
+            if ids:
+                custom.setdefault("content_ids", ids)
+                custom.setdefault("content_type", "product")
+            custom.setdefault("num_items", sum(int(c.get("quantity", 1)) for c in contents))
+        return custom
+
+    def batch_key(self, item: Mapping[str, Any]) -> str:
+        """Events of one pixel share a request."""
+        return str(item.get("pixel_id") or self.config.pixel_id)
+
+    def build(self, items: Sequence[Mapping[str, Any]]) -> PlatformRequest:
+        """``data=[...]&access_token=...`` to the items' pixel."""
+        pixel = self.batch_key(items[0])
+        token = self.config.access_token.reveal()
+        form: dict[str, str] = {
+            "data": json.dumps(
+                [i["event"] for i in items], separators=(",", ":"), ensure_ascii=False
+            ),
+            "access_token": token,
+        }
+        if self.config.test_event_code:
+            form["test_event_code"] = self.config.test_event_code
+        url = f"{self.config.base_url}/{self.config.api_version}/{urllib.parse.quote(pixel)}/events"
+        return PlatformRequest(
+            method="POST",
+            url=url,
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Accept": "application/json",
+            },
+            body=urllib.parse.urlencode(form).encode("ascii"),
+            secrets=(token, urllib.parse.quote_plus(token)),
+        )
+
+    def classify(
+        self, status: int, headers: Mapping[str, str], body: bytes, item_count: int
+    ) -> Outcome:
+        """Judge Meta's answer (see the module docstring)."""
+        data = parse_json(body)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            code = err.get("code")
+            reason = f"meta error {code}: {str(err.get('message') or '')[:300]}"
+            if code in _THROTTLING or code in _TRANSIENT or err.get("is_transient") is True:
+                return Outcome.retry(reason, parse_retry_after(headers))
+            if status >= 500:
+                return Outcome.retry(reason)
+            return Outcome.permanent(reason)
+        http = default_classification(status, headers)
+        if http is not None:
+            return http
+        if 200 <= status < 300:
+            if not isinstance(data, dict):
+                return Outcome.retry("meta answered 2xx without a JSON body")
+            received = data.get("events_received")
+            if received == item_count:
+                return Outcome.ok()
+            return Outcome.permanent(f"meta received {received} of {item_count} events")
+        return Outcome.permanent(f"HTTP {status}")

@@ -1,0 +1,102 @@
+"""ROIBest reporting API: ``POST {base}/report/fb/event`` JSON ``{link_id, event_name, extra}``.
+
+The same path serves every ad channel; ROIBest routes the event to the channel its link
+belongs to, so ``event_name`` must be in *that* channel's vocabulary: Facebook names for a
+Facebook link, ``EVENT_*`` for Kwai, ``ec_*`` for Bigo. The channel is
+``RoibestConfig.channel`` when set, else inferred from the other click ids captured with the
+link (:func:`tracking_mw.vocabulary.roibest_channel`), else Meta's names. User overrides are
+read from ``Settings.event_map["roibest"]``.
+
+ROIBest applies only when the visitor came with a link id. ``extra`` carries ``currency`` and
+``value`` (required for Purchase on Facebook links) plus the event's own properties. A Kwai
+link forwards to Kwai, which takes only BRL, IDR and USD: other currencies are skipped.
+
+Answers: ``code == 0`` is ok; any other code is permanent with ``msg`` as the reason. A 2xx
+body that is not JSON is retried; other 4xx are permanent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .._errors import ConfigurationError
+from .._normalize import json_number
+from ..attribution import Attribution
+from ..config import RoibestConfig, Settings
+from ..events import Event
+from ..vocabulary import platform_event_name, roibest_channel
+from ._base import (
+    Adapter,
+    Outcome,
+    PlatformRequest,
+    Skip,
+    default_classification,
+    json_bytes,
+    jsonable,
+    not_sent,
+    parse_json,
+)
+from .kwai import KWAI_CURRENCIES
+
+__all__ = ["RoibestAdapter"]
+
+
+class RoibestAdapter(Adapter):
+    """ROIBest reporting adapter (one event per request)."""
+
+    name = "roibest"
+    max_batch = 1
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.roibest is None:
+            raise ConfigurationError("ROIBest is not configured")
+        self.settings = settings
+        self.config: RoibestConfig = settings.roibest
+
+    def prepare(self, event: Event, attribution: Attribution) -> dict[str, Any]:
+        """The ROIBest body, or :class:`Skip`."""
+        link_id = attribution.click_id("roibest")
+        if not link_id:
+            raise Skip("no ROIBest link id")
+        channel = roibest_channel(attribution, self.config.channel)
+        name = platform_event_name("roibest", event.name, self.settings.event_map, channel=channel)
+        if name is None:
+            raise not_sent("roibest", event.name)
+        if channel == "kwai" and event.currency and event.currency not in KWAI_CURRENCIES:
+            raise Skip(f"roibest (kwai link) takes only BRL, IDR or USD, not {event.currency}")
+        extra: dict[str, Any] = dict(jsonable(event.properties) or {})
+        if event.currency:
+            extra["currency"] = event.currency
+        if event.value is not None:
+            extra["value"] = json_number(event.value)
+        item: dict[str, Any] = {"link_id": link_id, "event_name": name}
+        if extra:
+            item["extra"] = extra
+        return item
+
+    def build(self, items: Sequence[Mapping[str, Any]]) -> PlatformRequest:
+        """The item as the JSON body (no auth is documented)."""
+        return PlatformRequest(
+            method="POST",
+            url=f"{self.config.base_url}/report/fb/event",
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+            body=json_bytes(dict(items[0])),
+            secrets=(),
+        )
+
+    def classify(
+        self, status: int, headers: Mapping[str, str], body: bytes, item_count: int
+    ) -> Outcome:
+        """Judge ROIBest's answer (see the module docstring)."""
+        http = default_classification(status, headers)
+        if http is not None:
+            return http
+        if not 200 <= status < 300:
+            return Outcome.permanent(f"HTTP {status}")
+        data = parse_json(body)
+        if not isinstance(data, dict) or "code" not in data:
+            return Outcome.retry("roibest answered without a code")
+        if data.get("code") == 0:
+            return Outcome.ok()
+        return Outcome.permanent(f"roibest {data.get('code')}: {str(data.get('msg') or '')[:300]}")
