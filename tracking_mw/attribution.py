@@ -174,3 +174,65 @@ class Attribution:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not an attribution snapshot: {exc}") from exc
         return cls(visitor_id=vid, touches=touches, client=client)
+
+
+# -- merge rules (used by the middlewares) ---------------------------------------------------
+
+# Rewriting the cookie only to move ``last_seen`` forward is worth it at most once an hour.
+LAST_SEEN_REFRESH = 3600
+# Extras derived from one click id: they go when a newer click id replaces it. The others
+# (``fbp``, ``cookie_id``, ``ttp``) identify the browser and survive a new click.
+CLICK_EXTRAS = frozenset({"fbc"})
+
+
+def merge_touch(
+    old: Touch | None,
+    *,
+    platform: str,
+    click_id: str | None,
+    pixel_id: str | None,
+    extra: Mapping[str, str],
+    utm: Mapping[str, str],
+    landing_url: str | None,
+    now: int,
+    refresh_after: int = LAST_SEEN_REFRESH,
+) -> tuple[Touch, bool]:
+    """Fold what one request says about ``platform`` into its stored touch.
+
+    Returns ``(touch, changed)``; ``changed`` means the cookie must be rewritten.
+
+    - No stored touch: a new one (first and last seen now, this landing URL and UTM tags).
+    - A different click id: replaces the touch (first seen resets); browser-level extras stay.
+    - The same click id again: ``last_seen`` moves forward, but only counts as a change once
+      ``refresh_after`` seconds have passed; a new pixel id, UTM tags or extra values do count.
+    - ``click_id=None`` (cookie-only identifiers such as ``_fbp``): only ``extra`` is updated.
+    """
+    if old is None or (click_id is not None and click_id != old.click_id):
+        kept = {} if old is None else {k: v for k, v in old.extra.items() if k not in CLICK_EXTRAS}
+        return (
+            Touch(
+                platform=platform,
+                click_id=click_id,
+                pixel_id=pixel_id,
+                first_seen=now,
+                last_seen=now,
+                landing_url=landing_url,
+                utm=dict(utm) if click_id is not None else {},
+                extra={**kept, **extra},
+            ),
+            True,
+        )
+    new_extra = {**old.extra, **extra} if extra else old.extra
+    new_pixel = pixel_id if (click_id is not None and pixel_id) else old.pixel_id
+    new_utm = dict(utm) if (click_id is not None and utm) else old.utm
+    changed = new_extra != old.extra or new_pixel != old.pixel_id or new_utm != old.utm
+    last = old.last_seen
+    if click_id is not None and now - old.last_seen >= refresh_after:
+        last = now
+        changed = True
+    if not changed:
+        return old, False
+    return (
+        replace(old, extra=dict(new_extra), pixel_id=new_pixel, utm=dict(new_utm), last_seen=last),
+        True,
+    )

@@ -1,0 +1,436 @@
+"""Middleware overhead: a small Starlette page on uvicorn (h11, one worker, a child process)
+under a keep-alive load generator on loopback.
+
+Scenarios, each on a fresh server:
+
+- ``bare``: the page without middleware (the baseline).
+- ``tracking landing``: ``TrackingMiddleware``, every request a landing with a click id and no
+  cookie (capture, sign, ``Set-Cookie``).
+- ``tracking later``: ``TrackingMiddleware``, every request with a valid session cookie and
+  nothing new (decode, expose, no ``Set-Cookie``).
+- ``session write`` / ``session read``: Starlette's ``SessionMiddleware`` writing a session on
+  every request, and reading one without changing it (the yardstick).
+
+The load generator is an asyncio client over raw sockets in this process, with pre-built
+requests and minimal response parsing; it is far cheaper per request than the server, so the
+server is the bottleneck. Each scenario runs in two rounds and keeps its best round, which
+filters out noise from other work on the machine.
+
+Run standalone with ``python -m bench.bench_middleware``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+SECRET = "bench-secret-key-0123456789abcdef"
+UA = (
+    "Mozilla/5.0 (Linux; Android 13; SM-A536B) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.0.0 Mobile Safari/537.36"
+)
+LANDING = (
+    "/?click_id=ABCDEFGHijklmnop0123456789-_abcdefghIJKLMNOP&pixel_id=123456789&utm_source=kwai"
+)
+CONNECTIONS = 16
+WARMUP = 0.7
+DURATION = 2.0
+ROUNDS = 3
+
+PAGE = (
+    "<html><body><h1>Product</h1><p>" + "Lorem ipsum dolor sit amet. " * 20 + "</p></body></html>"
+)
+
+
+async def _page(request: Request) -> Response:
+    return HTMLResponse(PAGE)
+
+
+async def _session_write(request: Request) -> Response:
+    request.session["n"] = request.session.get("n", 0) + 1
+    return HTMLResponse(PAGE)
+
+
+async def _session_read(request: Request) -> Response:
+    request.session.get("n")
+    return HTMLResponse(PAGE)
+
+
+def make_app() -> Any:
+    """The app of scenario ``$BENCH_VARIANT`` (uvicorn ``--factory`` entry point)."""
+    variant = os.environ.get("BENCH_VARIANT", "bare")
+    if variant.startswith("session"):
+        handler = _session_write if variant == "session-write" else _session_read
+        return Starlette(
+            routes=[Route("/", handler), Route("/set", _session_write)],
+            middleware=[Middleware(SessionMiddleware, secret_key=SECRET, https_only=False)],
+        )
+    app = Starlette(routes=[Route("/", _page)])
+    if variant == "tracking":
+        from tracking_mw.asgi import TrackingMiddleware
+        from tracking_mw.config import Settings
+
+        settings = Settings(
+            secret_key=SECRET, cookie_secure=False, outbox="memory://", start_dispatcher=False
+        )
+        return TrackingMiddleware(app, settings)
+    return app
+
+
+# -- load generator ----------------------------------------------------------------------------
+
+
+def _request(path: str, cookie: str | None) -> bytes:
+    lines = [
+        f"GET {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        f"User-Agent: {UA}",
+        "Accept: text/html",
+    ]
+    if cookie:
+        lines.append(f"Cookie: {cookie}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+async def _one(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: bytes
+) -> tuple[bytes, float]:
+    t0 = time.perf_counter()
+    writer.write(req)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    low = head.lower()
+    i = low.find(b"content-length:")
+    if i >= 0:
+        length = int(low[i + 15 : low.find(b"\r\n", i)])
+    if length:
+        await reader.readexactly(length)
+    return head, time.perf_counter() - t0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+async def _load(port: int, req: bytes, duration: float, pid: int) -> tuple[int, list[float], float]:
+    """Requests completed, their latencies, and the server's CPU seconds while measuring."""
+    latencies: list[float] = []
+    count = 0
+    measuring = False
+    done = False
+
+    async def worker() -> None:
+        nonlocal count
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while not done:
+                was = measuring
+                _, lat = await _one(reader, writer, req)
+                if was and measuring and not done:
+                    latencies.append(lat)
+                    count += 1
+        finally:
+            writer.close()
+
+    tasks = [asyncio.create_task(worker()) for _ in range(CONNECTIONS)]
+    await asyncio.sleep(WARMUP)
+    cpu0 = _cpu_seconds(pid)
+    measuring = True
+    await asyncio.sleep(duration)
+    done = True
+    cpu1 = _cpu_seconds(pid)
+    await asyncio.gather(*tasks)
+    return count, latencies, cpu1 - cpu0
+
+
+async def _fetch_cookie(port: int, path: str, name: str) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head, _ = await _one(reader, writer, _request(path, None))
+    finally:
+        writer.close()
+    for line in head.decode("latin-1").split("\r\n"):
+        if line.lower().startswith("set-cookie:") and line.split(":", 1)[1].strip().startswith(
+            name
+        ):
+            return line.split(":", 1)[1].strip().split(";", 1)[0]
+    raise RuntimeError(f"no {name} cookie from {path}")
+
+
+def _serve(variant: str) -> tuple[Any, int]:
+    from tests._servers import Child, free_port, uvicorn_argv, wait_http
+
+    port = free_port()
+    argv = uvicorn_argv(
+        "bench.bench_middleware:make_app",
+        port,
+        "--factory",
+        "--http",
+        "h11",
+        "--no-access-log",
+        "--lifespan",
+        "off",
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = Child(argv, env={"BENCH_VARIANT": variant, "PYTHONPATH": root}, cwd=root)
+    wait_http(f"http://127.0.0.1:{port}/", timeout=30, proc=child.proc)
+    return child, port
+
+
+Scenario = tuple[str, str, Callable[[int], str | None], str]
+
+
+def _scenarios() -> list[Scenario]:
+    def none(port: int) -> str | None:
+        return None
+
+    def tmw(port: int) -> str | None:
+        return asyncio.run(_fetch_cookie(port, LANDING, "_tmw"))
+
+    def session(port: int) -> str | None:
+        return asyncio.run(_fetch_cookie(port, "/set", "session"))
+
+    def same_size(port: int) -> str | None:
+        # The bare app receiving the very request a returning visitor sends: a cookie of the
+        # size the middleware writes. Parsing those header bytes is the server's cost, not ours.
+        from tracking_mw.asgi import TrackingMiddleware
+
+        return "_tmw=" + "x" * len(_landing_cookie(TrackingMiddleware))
+
+    return [
+        ("bare app", "bare", none, "/"),
+        ("bare app, request with a same-size cookie", "bare", same_size, "/"),
+        ("TrackingMiddleware, landing (capture + Set-Cookie)", "tracking", none, LANDING),
+        ("TrackingMiddleware, later request (valid cookie)", "tracking", tmw, "/"),
+        ("SessionMiddleware, writing a new session", "session-write", none, "/"),
+        ("SessionMiddleware, reading a session", "session-read", session, "/"),
+    ]
+
+
+def _landing_cookie(middleware: Any) -> str:
+    """The ``_tmw`` value the tracking variant writes on a landing (computed in-process)."""
+    headers: list[tuple[bytes, bytes]] = []
+
+    async def trivial(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def send(message: Any) -> None:
+        headers.extend(message.get("headers", []))
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    from tracking_mw.config import Settings
+
+    settings = Settings(
+        secret_key=SECRET, cookie_secure=False, outbox="memory://", start_dispatcher=False
+    )
+    mw = middleware(trivial, settings)
+    mw._started = True
+    path, _, query = LANDING.partition("?")
+    scope = {
+        "type": "http",
+        "path": path,
+        "query_string": query.encode(),
+        "headers": [(b"host", b"127.0.0.1"), (b"user-agent", UA.encode())],
+        "client": ("127.0.0.1", 1),
+    }
+    asyncio.run(mw(scope, receive, send))
+    for k, v in headers:
+        if k == b"set-cookie" and v.startswith(b"_tmw="):
+            return str(v.decode().split(";", 1)[0][5:])
+    raise RuntimeError("no cookie written")
+
+
+def _measure(variant: str, cookie_fn: Callable[[int], str | None], path: str) -> dict[str, float]:
+    child, port = _serve(variant)
+    try:
+        cookie = cookie_fn(port)
+        count, lats, cpu = asyncio.run(
+            _load(port, _request(path, cookie), DURATION, child.proc.pid)
+        )
+    finally:
+        child.stop()
+    lats.sort()
+    return {
+        "rps": count / DURATION,
+        "cpu_us": cpu / count * 1e6 if count else float("nan"),
+        "p50": statistics.median(lats) * 1000 if lats else float("nan"),
+        "p99": lats[int(len(lats) * 0.99) - 1] * 1000 if lats else float("nan"),
+    }
+
+
+# -- in-process cost per request ---------------------------------------------------------------
+
+
+def _inprocess() -> list[tuple[str, float]]:
+    """Microseconds per request of each middleware around a trivial ASGI app (no network)."""
+    from tracking_mw.asgi import TrackingMiddleware
+    from tracking_mw.config import Settings
+
+    async def trivial(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def session_app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/set":
+            scope["session"]["n"] = 1
+        else:
+            scope["session"].get("n")
+        await trivial(scope, receive, send)
+
+    settings = Settings(
+        secret_key=SECRET, cookie_secure=False, outbox="memory://", start_dispatcher=False
+    )
+    tracking = TrackingMiddleware(trivial, settings)
+    tracking._started = True
+    sessions = SessionMiddleware(session_app, secret_key=SECRET)
+
+    def scope(path: str, query: str, cookie: str | None) -> dict[str, Any]:
+        headers = [(b"host", b"127.0.0.1"), (b"user-agent", UA.encode()), (b"accept", b"*/*")]
+        if cookie:
+            headers.append((b"cookie", cookie.encode()))
+        return {
+            "type": "http",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query.encode(),
+            "headers": headers,
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+        }
+
+    sent: list[Any] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    def cookie_of(name: str) -> str:
+        for k, v in sent[0]["headers"]:
+            if k == b"set-cookie" and v.startswith(name.encode() + b"="):
+                return str(v.decode().split(";", 1)[0])
+        raise RuntimeError(name)
+
+    async def per_request(app: Any, sc: dict[str, Any], n: int) -> float:
+        best = float("inf")
+        for _ in range(3):
+            # CPU time of this process: other work on the machine does not count.
+            t0 = time.process_time()
+            for _ in range(n):
+                await app(sc, receive, send)
+                sent.clear()
+            best = min(best, (time.process_time() - t0) / n * 1e6)
+        return best
+
+    async def main() -> list[tuple[str, float]]:
+        path, _, query = LANDING.partition("?")
+        await tracking(scope(path, query, None), receive, send)
+        tmw = cookie_of("_tmw")
+        sent.clear()
+        await sessions(scope("/set", "", None), receive, send)
+        sess = cookie_of("session")
+        sent.clear()
+        return [
+            ("trivial ASGI app", await per_request(trivial, scope("/", "", None), 20_000)),
+            (
+                "TrackingMiddleware, landing",
+                await per_request(tracking, scope(path, query, None), 5_000),
+            ),
+            (
+                "TrackingMiddleware, later request",
+                await per_request(tracking, scope("/", "", tmw), 20_000),
+            ),
+            (
+                "SessionMiddleware, writing",
+                await per_request(sessions, scope("/set", "", None), 5_000),
+            ),
+            (
+                "SessionMiddleware, reading",
+                await per_request(sessions, scope("/", "", sess), 20_000),
+            ),
+        ]
+
+    return asyncio.run(main())
+
+
+def run() -> str:
+    """Measure every scenario; a Markdown section with requests/s, latency and ratios."""
+    results: dict[str, dict[str, float]] = {}
+    scenarios = _scenarios()
+    for _ in range(ROUNDS):
+        for label, variant, cookie_fn, path in scenarios:
+            r = _measure(variant, cookie_fn, path)
+            best = results.setdefault(label, dict(r))
+            if r["rps"] > best["rps"]:
+                best.update(rps=r["rps"], p50=r["p50"], p99=r["p99"])
+            best["cpu_us"] = min(best["cpu_us"], r["cpu_us"])
+    base = results["bare app"]
+    rows = [
+        "## Middleware overhead (uvicorn h11, 1 worker, "
+        f"{CONNECTIONS} keep-alive connections, best of {ROUNDS} x {DURATION:.0f} s)",
+        "",
+        "Wall-clock requests/s on a shared machine are noisy; the server's own CPU time per "
+        "request (from /proc, best round) is the steadier measure of what the middleware costs. "
+        "*Capacity* is requests/s per core implied by that CPU time, as a ratio to the bare app.",
+        "",
+        "| scenario | requests/s | p50 ms | p99 ms | ratio to bare | server CPU us/request "
+        "| capacity ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, *_ in scenarios:
+        r = results[label]
+        rows.append(
+            f"| {label} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
+            f"{r['rps'] / base['rps']:.2f}x | {r['cpu_us']:.0f} | "
+            f"{base['cpu_us'] / r['cpu_us']:.2f}x |"
+        )
+    later = results["TrackingMiddleware, later request (valid cookie)"]
+    landing = results["TrackingMiddleware, landing (capture + Set-Cookie)"]
+    writing = results["SessionMiddleware, writing a new session"]
+    same = results["bare app, request with a same-size cookie"]
+    later_cap = base["cpu_us"] / later["cpu_us"]
+    later_same = same["cpu_us"] / later["cpu_us"]
+    landing_vs = writing["cpu_us"] / landing["cpu_us"]
+    rows += [
+        "",
+        f"Targets (capacity): later request >= 0.90x bare: **{later_cap:.2f}x** "
+        f"({'met' if later_cap >= 0.90 else 'missed'}; wall clock "
+        f"{later['rps'] / base['rps']:.2f}x; against the bare app given the same request, "
+        f"cookie included: **{later_same:.2f}x**); landing >= SessionMiddleware writing: "
+        f"**{landing_vs:.2f}x** of it ({'met' if landing_vs >= 1.0 else 'missed'}; wall clock "
+        f"{landing['rps'] / writing['rps']:.2f}x).",
+        "",
+        "In-process CPU cost per request (middleware around a trivial ASGI app, no network; "
+        "best of 3 loops):",
+        "",
+        "| scenario | microseconds/request |",
+        "|---|---:|",
+    ]
+    rows += [f"| {label} | {us:.1f} |" for label, us in _inprocess()]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    print(run())

@@ -1,0 +1,244 @@
+"""capture.py: query and cookie parsing, identifier rules, Meta formats; attribution merge rules."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tracking_mw.attribution import LAST_SEEN_REFRESH, Touch, merge_touch
+from tracking_mw.capture import (
+    MAX_ID_LENGTH,
+    UTM_KEYS,
+    build_fbc,
+    build_fbp,
+    capture,
+    clean_id,
+    fbc_holds,
+    fbclid_of,
+    is_cookie_safe,
+    parse_cookies,
+    parse_query,
+    query_names,
+    valid_fbc,
+    valid_fbp,
+)
+
+NAMES = query_names("link_id")
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (b"", {}),
+        (b"click_id=abc&pixel_id=42", {"click_id": "abc", "pixel_id": "42"}),
+        (b"click_id=first&click_id=second", {"click_id": "first"}),
+        (b"click_id=&click_id=x", {"click_id": ""}),
+        (b"click_id", {}),
+        (b"click_id=a%2Bb+c", {"click_id": "a+b c"}),
+        (b"click_id=a%252B", {"click_id": "a%2B"}),  # decoded exactly once
+        (b"click_id=%zz%4", {"click_id": "%zz%4"}),  # bad escapes stay as they are
+        (b"click%5Fid=enc", {"click_id": "enc"}),  # an encoded key still counts
+        (b"click_id=%C3%A9", {"click_id": "\u00e9"}),
+        (b"click_id=%FF%FE&fbclid=ok", {"fbclid": "ok"}),  # not UTF-8: dropped
+        (b"click_id=\xff\xfe&fbclid=ok", {"fbclid": "ok"}),  # raw non-UTF-8 bytes
+        (b"fbclid=IwAR0aBc-D_e", {"fbclid": "IwAR0aBc-D_e"}),  # case preserved
+        (b"other=1&utm_source=fb&;&&=x", {"utm_source": "fb"}),
+        (b"Click_ID=x", {}),  # names are case-sensitive
+    ],
+)
+def test_parse_query(query: bytes, expected: dict[str, str]) -> None:
+    assert parse_query(query, NAMES) == expected
+
+
+def test_parse_query_huge_inputs() -> None:
+    many = b"&".join(b"p%d=%d" % (i, i) for i in range(10_000)) + b"&click_id=last"
+    assert parse_query(many, NAMES) == {"click_id": "last"}
+    big = b"x=" + b"a" * 65536 + b"&rtid=" + b"r" * 32
+    assert parse_query(big, NAMES) == {"rtid": "r" * 32}
+
+
+def test_parse_cookies() -> None:
+    header = '_fbp=fb.1.1.2; a=b; _tmw="quoted"; _fbp=second; broken; =x; _ttp = t '
+    got = parse_cookies(header, ["_fbp", "_tmw", "_ttp", "_fbc"])
+    assert got == {"_fbp": "fb.1.1.2", "_tmw": "quoted", "_ttp": "t"}
+    assert parse_cookies(None, ["_fbp"]) == {}
+    assert parse_cookies("", ["_fbp"]) == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("abc", True),
+        ("", False),
+        (None, False),
+        ("a\r\nSet-Cookie: x", False),
+        ("tab\there", False),
+        ("del\x7f", False),
+        ("x" * MAX_ID_LENGTH, True),
+        ("x" * (MAX_ID_LENGTH + 1), False),
+        ("semi;comma,space ", True),  # kept (signed cookie), but never written raw
+    ],
+)
+def test_clean_id(value: str | None, ok: bool) -> None:
+    assert clean_id(value) == (value if ok else None)
+
+
+def test_cookie_safety() -> None:
+    assert is_cookie_safe("fb.1.1700000000000.IwAR_x-Y")
+    for bad in ("a;b", "a,b", "a b", 'a"b', "a\\b", "é", ""):
+        assert not is_cookie_safe(bad)
+
+
+def test_meta_formats() -> None:
+    assert build_fbc("IwAR1", 1700000000123) == "fb.1.1700000000123.IwAR1"
+    assert build_fbp(1700000000123, 2147483647) == "fb.1.1700000000123.2147483647"
+    assert valid_fbc("fb.1.1700000000123.IwAR1")
+    assert valid_fbc("fb.1.1700000000123.IwAR1.AQ")  # five parts: with an appendix
+    assert not valid_fbc("fb.1.x.IwAR1")
+    assert not valid_fbc("garbage")
+    assert not valid_fbc(None)
+    assert valid_fbp("fb.1.1700000000123.123456")
+    assert valid_fbp("fb.2.1700000000123.123456.Bg")
+    assert not valid_fbp("fb.1.1700000000123.abc")
+    assert fbc_holds("fb.1.1.IwAR1", "IwAR1")
+    assert fbc_holds("fb.1.1.IwAR1.AQ", "IwAR1")
+    assert not fbc_holds("fb.1.1.IwAR2", "IwAR1")
+    assert not fbc_holds("fb.1", "IwAR1")
+    assert fbclid_of("fb.1.1.IwAR1.AQ") == "IwAR1"
+    assert fbclid_of("nope") is None
+
+
+def test_capture_every_platform() -> None:
+    params = {
+        "click_id": "K1",
+        "pixel_id": "P1",
+        "fbclid": "IwAR1",
+        "rtid": "r" * 32,
+        "link_id": "L1",
+        "ttclid": "T1",
+        "utm_source": "src",
+        "utm_campaign": "camp",
+    }
+    cookies = {"_fbp": "fb.1.1700000000000.42", "_ttp": "ttp1", "_bge_ci": "ci1"}
+    found, utm = capture(params, cookies)
+    assert found["kwai"].click_id == "K1" and found["kwai"].pixel_id == "P1"
+    assert found["meta"].click_id == "IwAR1"
+    assert found["meta"].extra == {"fbp": "fb.1.1700000000000.42"}
+    assert found["rokt"].click_id == "r" * 32
+    assert found["roibest"].click_id == "L1"
+    assert found["tiktok"].click_id == "T1" and found["tiktok"].extra == {"ttp": "ttp1"}
+    # Bigo: only its cookie id arrived (no bbg); pixel_id belongs to Kwai's click.
+    assert found["bigo"].click_id is None and found["bigo"].extra == {"cookie_id": "ci1"}
+    assert found["bigo"].pixel_id is None
+    assert utm == {"utm_source": "src", "utm_campaign": "camp"}
+
+
+def test_bigo_bbg_full_length_and_cookie_fallback() -> None:
+    bbg = "B" * 300
+    found, _ = capture({"bbg": bbg, "pixel_id": "bp"}, {"_bge_bbg": "old"})
+    assert found["bigo"].click_id == bbg and found["bigo"].pixel_id == "bp"
+    found, _ = capture({"pixel_id": "bp"}, {"_bge_bbg": "fromcookie"})
+    assert found["bigo"].click_id == "fromcookie" and found["bigo"].pixel_id is None
+
+
+def test_meta_fbc_cookie_rules() -> None:
+    fbc = "fb.1.1700000000000.IwAR1"
+    found, _ = capture({"fbclid": "IwAR1"}, {"_fbc": fbc})
+    assert found["meta"].extra == {"fbc": fbc}
+    # The cookie holds another fbclid: not used (the caller builds a new one).
+    found, _ = capture({"fbclid": "IwAR2"}, {"_fbc": fbc})
+    assert found["meta"].click_id == "IwAR2" and "fbc" not in found["meta"].extra
+    # No fbclid in the URL: the pixel's cookie carries it.
+    found, _ = capture({}, {"_fbc": fbc})
+    assert found["meta"].click_id == "IwAR1" and found["meta"].extra == {"fbc": fbc}
+    # Garbage Meta cookies are ignored.
+    found, _ = capture({}, {"_fbc": "nonsense", "_fbp": "nonsense"})
+    assert "meta" not in found
+
+
+def test_roibest_parameter_configurable_or_off() -> None:
+    found, _ = capture({"rb": "L9", "link_id": "no"}, {}, link_param="rb")
+    assert found["roibest"].click_id == "L9"
+    found, _ = capture({"link_id": "L1"}, {}, link_param=None)
+    assert "roibest" not in found
+    assert "link_id" not in query_names(None)
+
+
+def test_utm_only_known_keys_and_capped() -> None:
+    params = {k: k for k in UTM_KEYS} | {"utm_evil": "x", "utm_term": "t" * 1000}
+    _, utm = capture(params, {})
+    assert set(utm) == set(UTM_KEYS) - {"utm_term"}
+
+
+def test_bad_click_ids_dropped() -> None:
+    found, _ = capture({"click_id": "a\nb", "rtid": "x" * 600, "ttclid": ""}, {})
+    assert found == {}
+
+
+# -- merge rules -----------------------------------------------------------------------------
+
+
+def _merge(old: Touch | None, click: str | None, now: int, **kw: object) -> tuple[Touch, bool]:
+    args: dict[str, object] = {
+        "platform": "kwai",
+        "click_id": click,
+        "pixel_id": None,
+        "extra": {},
+        "utm": {},
+        "landing_url": "https://shop/?click_id=x",
+    }
+    args.update(kw)
+    return merge_touch(old, now=now, **args)  # type: ignore[arg-type]
+
+
+def test_new_touch() -> None:
+    t, changed = _merge(None, "c1", 100, pixel_id="p", utm={"utm_source": "s"})
+    assert changed
+    assert (t.click_id, t.pixel_id, t.first_seen, t.last_seen) == ("c1", "p", 100, 100)
+    assert t.utm == {"utm_source": "s"} and t.landing_url == "https://shop/?click_id=x"
+
+
+def test_newer_click_replaces_and_resets_first_seen() -> None:
+    old, _ = _merge(None, "c1", 100, platform="meta", extra={"fbc": "fb.1.1.c1", "fbp": "fb.1.1.9"})
+    t, changed = _merge(old, "c2", 200, platform="meta", extra={"fbc": "fb.1.2.c2"})
+    assert changed and t.click_id == "c2" and t.first_seen == 200
+    # fbc belonged to the old click; fbp identifies the browser and stays.
+    assert t.extra == {"fbc": "fb.1.2.c2", "fbp": "fb.1.1.9"}
+
+
+def test_same_click_refreshes_last_seen_rarely() -> None:
+    old, _ = _merge(None, "c1", 100)
+    t, changed = _merge(old, "c1", 100 + LAST_SEEN_REFRESH - 1)
+    assert not changed and t is old
+    t, changed = _merge(old, "c1", 100 + LAST_SEEN_REFRESH)
+    assert changed and t.last_seen == 100 + LAST_SEEN_REFRESH and t.first_seen == 100
+    assert t.landing_url == old.landing_url
+
+
+def test_same_click_new_details_count_as_change() -> None:
+    old, _ = _merge(None, "c1", 100)
+    t, changed = _merge(old, "c1", 101, pixel_id="p2")
+    assert changed and t.pixel_id == "p2" and t.last_seen == 100
+    t, changed = _merge(old, "c1", 101, utm={"utm_source": "x"})
+    assert changed and t.utm == {"utm_source": "x"}
+
+
+def test_cookie_only_identifiers_update_extra() -> None:
+    old, _ = _merge(None, "c1", 100, platform="bigo")
+    t, changed = _merge(old, None, 5000, platform="bigo", extra={"cookie_id": "ci"})
+    assert changed and t.click_id == "c1" and t.extra == {"cookie_id": "ci"}
+    assert t.last_seen == 100
+    t2, changed = _merge(t, None, 6000, platform="bigo", extra={"cookie_id": "ci"})
+    assert not changed and t2 is t
+
+
+def test_clickless_touch() -> None:
+    t, changed = _merge(None, None, 100, platform="meta", extra={"fbp": "fb.1.1.1"}, utm={"a": "b"})
+    assert changed and t.click_id is None and t.utm == {} and t.extra == {"fbp": "fb.1.1.1"}
+
+
+def test_landing_url_is_kept_verbatim() -> None:
+    t, _ = _merge(None, "c1", 1, landing_url="https://x/?click_id=A%2Bb")
+    assert t.landing_url == "https://x/?click_id=A%2Bb"
+    assert re.fullmatch(r"[\x21-\x7e]+", t.landing_url or "")

@@ -1,0 +1,233 @@
+"""``TrackingMiddleware``: pure ASGI glue around the shared request logic in ``_core``.
+
+Per-request state lives in locals and in a ``send`` wrapper, never on ``self`` (Starlette's
+``SessionMiddleware`` shape; ``BaseHTTPMiddleware`` would break ContextVars for view code).
+When nothing has to be written, the app gets the server's own ``send``: a request that changes
+nothing costs one cookie lookup and a ContextVar set/reset.
+
+Lifespan: the scope is passed to the app; the runtime (tracker, dispatcher) starts when the app
+is about to receive ``lifespan.startup`` and shuts down (draining) when the app reports
+``lifespan.shutdown.complete``. If the app does not speak lifespan at all, the middleware
+answers the server itself. A server without lifespan gets the runtime started on the first
+HTTP request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+from urllib.parse import quote
+
+from ._context import _state
+from ._core import Core, Outcome, RequestParts
+from ._runtime import Runtime
+from ._types import ASGIApp, Message, Receive, Scope, Send
+from .config import Settings
+from .useragent import resolver_name
+
+__all__ = ["TrackingMiddleware"]
+
+logger = logging.getLogger("tracking_mw")
+
+# Request headers tracking reads, by their lower-case ASGI names.
+_WANTED = {
+    b"cookie": 0,
+    b"user-agent": 1,
+    b"referer": 2,
+    b"host": 3,
+    b"x-forwarded-for": 4,
+    b"forwarded": 5,
+}
+
+
+def _parts(scope: Scope) -> RequestParts:
+    found: list[str | None] = [None] * 6
+    for name, value in scope.get("headers") or ():
+        i = _WANTED.get(name)
+        if i is None:
+            continue
+        text = value.decode("latin-1")
+        prev = found[i]
+        if prev is None:
+            found[i] = text
+        elif i == 0:
+            found[i] = prev + "; " + text  # HTTP/2 may split cookies over several headers
+        elif i in (4, 5):
+            found[i] = prev + ", " + text  # repeated forwarding headers form one list
+    client = scope.get("client")
+    server = scope.get("server")
+    raw_path = scope.get("raw_path")
+    if raw_path:
+        path = _quote_raw(raw_path)
+    else:
+        # Per the ASGI spec "path" already includes root_path.
+        path = _quote_raw(str(scope.get("path") or "/").encode("utf-8", "surrogateescape"))
+    return RequestParts(
+        scheme=scope.get("scheme", "http"),
+        host=found[3],
+        server=f"{server[0]}:{server[1]}" if server and server[1] is not None else None,
+        path=path,
+        query=scope.get("query_string") or b"",
+        cookie=found[0],
+        user_agent=found[1],
+        referer=found[2],
+        peer=client[0] if client else None,
+        x_forwarded_for=found[4],
+        forwarded=found[5],
+    )
+
+
+_PLAIN_PATH = re.compile(rb"[A-Za-z0-9_.\-~/:@!$&'()*+,;=%]*")
+
+
+def _quote_raw(raw: bytes) -> str:
+    raw = raw.split(b"?", 1)[0]
+    if _PLAIN_PATH.fullmatch(raw):
+        return raw.decode("ascii")
+    return quote(raw, safe="/:@!$&'()*+,;=~%")
+
+
+class TrackingMiddleware:
+    """Capture ad identifiers into a signed cookie and expose them to views (pure ASGI).
+
+    ``TrackingMiddleware(app)`` reads settings from ``TRACKING_*`` variables
+    (:meth:`Settings.from_env`); ``TrackingMiddleware(app, settings)`` uses ``settings``;
+    keyword ``overrides`` change single settings either way (``cookie_secure=False``).
+    Configuration errors raise :class:`~tracking_mw.ConfigurationError` here, at startup.
+
+    On every HTTP request it captures the ad identifiers of every platform (``click_id`` +
+    ``pixel_id``, ``bbg``, ``fbclid``, ``rtid``, ROIBest's link parameter, ``ttclid``, the
+    pixel cookies ``_fbc``/``_fbp``/``_bge_bbg``/``_bge_ci``/``_ttp``, UTM tags), keeps them in
+    its own signed cookie (``Settings.cookie_name``) and exposes the visitor's attribution to
+    view code through :func:`~tracking_mw.current_attribution`. Rules worth knowing:
+
+    - a repeated query parameter: the **first** occurrence wins (the same under WSGI);
+    - ROIBest's parameter is read only when ``Settings.roibest`` is configured (its default
+      name ``link_id`` is too generic to collect on sites that do not use ROIBest);
+    - Meta: ``fbc`` is built from ``fbclid`` when ``_fbc`` is missing or holds another
+      fbclid; ``fbp`` is created only when Meta is configured or an ``fbclid`` arrived; both
+      are written as first-party cookies unless ``write_meta_cookies=False``;
+    - bots (per ``user-agents``) are not captured unless ``capture_bots=True``; a consent
+      hook that says no (or raises) means nothing is read, stored or written;
+    - ``Set-Cookie`` is sent only when the attribution changed (a repeat of the same click
+      refreshes ``last_seen`` at most hourly), never over 4,093 bytes.
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings | None = None, **overrides: Any) -> None:
+        if settings is None:
+            settings = Settings.from_env(**overrides)
+        elif overrides:
+            settings = settings.replace(**overrides)
+        self.app = app
+        self.settings = settings
+        self._runtime = Runtime.for_settings(settings)
+        self._core = Core(settings, self._runtime)
+        # Set once, never per request: whether the runtime has been started.
+        self._started = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        if not self._started:
+            await self._startup()
+        try:
+            outcome: Outcome | None = self._core.process(_parts(scope), scope)
+        except Exception as exc:  # tracking must never break the host app
+            logger.error("tracking_mw: request not tracked: %s", type(exc).__name__)
+            outcome = None
+        if outcome is None:
+            await self.app(scope, receive, send)
+            return
+        token = _state.set(outcome.state)
+        try:
+            if outcome.set_cookies:
+                await self.app(scope, receive, _cookie_sender(send, outcome.set_cookies))
+            else:
+                await self.app(scope, receive, send)
+        finally:
+            _state.reset(token)
+
+    async def _startup(self) -> None:
+        self._started = True
+        try:
+            await self._runtime.startup()
+        except Exception as exc:
+            logger.error("tracking_mw: runtime failed to start: %s", type(exc).__name__)
+        try:
+            # Load the user-agent parser now rather than in the first visitor's request.
+            resolver_name()
+        except Exception as exc:
+            logger.error("tracking_mw: user-agent parser failed to load: %s", type(exc).__name__)
+
+    async def _shutdown(self) -> None:
+        try:
+            await self._runtime.shutdown()
+        except Exception as exc:
+            logger.error("tracking_mw: runtime failed to shut down: %s", type(exc).__name__)
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sent_any = False
+        shut_down = False
+        pending: list[Message] = []
+
+        async def wrapped_receive() -> Message:
+            message = await receive()
+            pending.append(message)
+            if message.get("type") == "lifespan.startup" and not self._started:
+                await self._startup()
+            return message
+
+        async def wrapped_send(message: Message) -> None:
+            nonlocal sent_any, shut_down
+            sent_any = True
+            kind = message.get("type")
+            if kind in ("lifespan.shutdown.complete", "lifespan.shutdown.failed") and not shut_down:
+                shut_down = True
+                await self._shutdown()
+            await send(message)
+
+        try:
+            await self.app(scope, wrapped_receive, wrapped_send)
+        except Exception:
+            if sent_any:
+                if not shut_down:
+                    await self._shutdown()
+                raise
+            logger.debug("tracking_mw: the app does not handle lifespan; answering it here")
+        if sent_any:
+            if not shut_down:
+                await self._shutdown()
+            return
+        # The app ignored lifespan: speak it ourselves so the runtime still starts and drains.
+        while True:
+            message = pending.pop(0) if pending else await receive()
+            kind = message.get("type")
+            if kind == "lifespan.startup":
+                if not self._started:
+                    await self._startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif kind == "lifespan.shutdown":
+                await self._shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+            else:
+                return
+
+
+def _cookie_sender(send: Send, cookies: list[str]) -> Send:
+    encoded = [(b"set-cookie", c.encode("latin-1")) for c in cookies]
+
+    async def sender(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers") or ())
+            headers.extend(encoded)
+            message = {**message, "headers": headers}
+        await send(message)
+
+    return sender

@@ -1,0 +1,294 @@
+"""Pure functions: the parts of a request -> the ad identifiers it carries.
+
+Nothing here knows about ASGI or WSGI; both middlewares hand the same raw parts (query bytes,
+the ``Cookie`` header) to these functions, so both capture exactly the same thing.
+
+Rules (see ``platform-notes.md``, "Identifiers"):
+
+- Query strings are parsed like HTML forms (``+`` is a space, ``%XX`` decoded once) but only
+  for the few keys we want; everything else is skipped without decoding. **The first
+  occurrence of a repeated parameter wins**, under ASGI and WSGI alike (an ad platform's
+  parameter is appended by the platform, and a second copy is more likely an injection).
+- A value that is not valid UTF-8 after decoding, holds control characters, is empty or is
+  longer than its cap is dropped, never repaired: a changed click id is worse than none.
+- Click ids are kept byte-identical otherwise (case and punctuation preserved).
+
+Identifier table (URL parameter / cookie -> platform and field):
+
+========  ==========================  ===========================  ============================
+platform  URL click id                cookies                      stored as
+========  ==========================  ===========================  ============================
+kwai      ``click_id`` (+ pixel_id)   --                           click_id, pixel_id
+bigo      ``bbg`` (+ pixel_id)        ``_bge_bbg``, ``_bge_ci``    click_id, pixel_id, cookie_id
+meta      ``fbclid``                  ``_fbc``, ``_fbp``           click_id, extra fbc / fbp
+rokt      ``rtid``                    --                           click_id
+roibest   ``link_id`` (configurable)  --                           click_id
+tiktok    ``ttclid``                  ``_ttp``                     click_id, extra ttp
+========  ==========================  ===========================  ============================
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import unquote_to_bytes
+
+__all__ = [
+    "BIGO_COOKIE_CLICK",
+    "BIGO_COOKIE_ID",
+    "COOKIE_NAMES",
+    "MAX_ID_LENGTH",
+    "MAX_LONG_ID_LENGTH",
+    "META_FBC_COOKIE",
+    "META_FBP_COOKIE",
+    "TIKTOK_COOKIE",
+    "UTM_KEYS",
+    "Incoming",
+    "build_fbc",
+    "build_fbp",
+    "capture",
+    "clean_id",
+    "fbc_holds",
+    "fbclid_of",
+    "is_cookie_safe",
+    "parse_cookies",
+    "parse_query",
+    "query_names",
+    "valid_fbc",
+    "valid_fbp",
+]
+
+# A click id longer than this is not a click id. Bigo's bbg is about 200 characters and must
+# never be cut ("invalid bbg"), so it gets the larger cap; anything over a cap is dropped.
+MAX_ID_LENGTH = 512
+MAX_LONG_ID_LENGTH = 1024
+MAX_UTM_LENGTH = 256
+
+UTM_KEYS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id")
+
+META_FBC_COOKIE = "_fbc"
+META_FBP_COOKIE = "_fbp"
+BIGO_COOKIE_CLICK = "_bge_bbg"
+BIGO_COOKIE_ID = "_bge_ci"
+TIKTOK_COOKIE = "_ttp"
+COOKIE_NAMES = (META_FBC_COOKIE, META_FBP_COOKIE, BIGO_COOKIE_CLICK, BIGO_COOKIE_ID, TIKTOK_COOKIE)
+
+# C0 controls and DEL: never part of an identifier, and CR/LF could split a header.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# RFC 6265 cookie-octet: what may be written as a bare cookie value.
+_COOKIE_OCTETS = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
+# fb.<subdomain index>.<creation ms>.<random or fbclid>[.<appendix>]
+_FBC = re.compile(r"fb\.\d{1,2}\.\d{1,16}\.[^\s;,\"\\]+")
+_FBP = re.compile(r"fb\.\d{1,2}\.\d{1,16}\.\d{1,12}(\.[A-Za-z0-9_\-]{1,16})?")
+
+
+def clean_id(value: str | None, max_len: int = MAX_ID_LENGTH) -> str | None:
+    """``value`` if it is a plausible identifier (non-empty, no control chars, short enough)."""
+    if not value or len(value) > max_len or _CONTROL.search(value):
+        return None
+    return value
+
+
+def _decode(raw: bytes) -> str | None:
+    """Form-decode one query component once; None if it is not UTF-8."""
+    if b"+" in raw:
+        raw = raw.replace(b"+", b" ")
+    if b"%" in raw:
+        raw = unquote_to_bytes(raw)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def _encoded_names(names: tuple[str, ...]) -> frozenset[bytes]:
+    return frozenset(n.encode("ascii") for n in names)
+
+
+def parse_query(query: bytes, names: Iterable[str]) -> dict[str, str]:
+    """The values of ``names`` in a raw query string; the first occurrence of a key wins.
+
+    Only keys are looked at for every pair, and only wanted keys' values are decoded, so a
+    64 KB query with 10,000 parameters costs one split. Never raises.
+    """
+    if not query:
+        return {}
+    wanted = _encoded_names(tuple(names))
+    out: dict[str, str] = {}
+    for pair in query.split(b"&"):
+        key, sep, value = pair.partition(b"=")
+        if key not in wanted:
+            # Rare: an encoded key ("click%5Fid"); decode keys only when they could be one.
+            if b"%" not in key and b"+" not in key:
+                continue
+            dk = _decode(key)
+            if dk is None or dk.encode("utf-8") not in wanted:
+                continue
+            key = dk.encode("utf-8")
+        name = key.decode("ascii")
+        if name in out or not sep:
+            continue
+        decoded = _decode(value)
+        if decoded is not None:
+            out[name] = decoded
+    return out
+
+
+def parse_cookies(header: str | None, names: Iterable[str]) -> dict[str, str]:
+    """The values of ``names`` in a ``Cookie`` header; the first occurrence wins.
+
+    Browsers send the most specific cookie (longest path) first. Surrounding double quotes
+    are removed; nothing else is decoded (cookie values are opaque).
+    """
+    if not header:
+        return {}
+    wanted = set(names)
+    out: dict[str, str] = {}
+    for chunk in header.split(";"):
+        key, sep, value = chunk.partition("=")
+        key = key.strip()
+        if not sep or key not in wanted or key in out:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+            value = value[1:-1]
+        out[key] = value
+    return out
+
+
+def is_cookie_safe(value: str) -> bool:
+    """Whether ``value`` may be written verbatim as a cookie value (RFC 6265 cookie-octets)."""
+    return bool(_COOKIE_OCTETS.fullmatch(value))
+
+
+def valid_fbc(value: str | None) -> bool:
+    """Whether ``value`` looks like Meta's ``_fbc`` (``fb.1.<ms>.<fbclid>[.<appendix>]``)."""
+    return (
+        bool(value) and len(value or "") <= MAX_ID_LENGTH + 64 and bool(_FBC.fullmatch(value or ""))
+    )
+
+
+def valid_fbp(value: str | None) -> bool:
+    """Whether ``value`` looks like Meta's ``_fbp`` (``fb.1.<ms>.<random>[.<appendix>]``)."""
+    return bool(value) and bool(_FBP.fullmatch(value or ""))
+
+
+def fbc_holds(fbc: str, fbclid: str) -> bool:
+    """Whether the ``fbc`` value was built from ``fbclid`` (an appendix may follow it)."""
+    parts = fbc.split(".", 3)
+    if len(parts) < 4:
+        return False
+    tail = parts[3]
+    return tail == fbclid or tail.startswith(fbclid + ".")
+
+
+def fbclid_of(fbc: str) -> str | None:
+    """The fbclid inside an ``fbc`` value (without a trailing appendix), if any."""
+    parts = fbc.split(".")
+    if len(parts) < 4:
+        return None
+    # A 5-part value carries an appendix after the fbclid; fbclids themselves have no dots.
+    return parts[3] or None
+
+
+def build_fbc(fbclid: str, now_ms: int) -> str:
+    """``fb.1.<creation ms>.<fbclid>``, the format Meta's own tools write."""
+    return f"fb.1.{now_ms}.{fbclid}"
+
+
+def build_fbp(now_ms: int, rand: int) -> str:
+    """``fb.1.<creation ms>.<random 0..2147483647>``, the format the Meta pixel writes."""
+    return f"fb.1.{now_ms}.{rand}"
+
+
+@dataclass(slots=True)
+class Incoming:
+    """What this request says about one platform.
+
+    ``click_id`` None means the request carried only secondary identifiers (a cookie such as
+    ``_fbp`` or ``_bge_ci``) that refresh an existing touch's ``extra``.
+    """
+
+    platform: str
+    click_id: str | None = None
+    pixel_id: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def query_names(link_param: str | None) -> tuple[str, ...]:
+    """Every query parameter :func:`capture` looks at."""
+    names = ["click_id", "pixel_id", "bbg", "fbclid", "rtid", "ttclid", *UTM_KEYS]
+    if link_param:
+        names.append(link_param)
+    return tuple(dict.fromkeys(names))
+
+
+def capture(
+    params: Mapping[str, str],
+    cookies: Mapping[str, str],
+    *,
+    link_param: str | None = "link_id",
+) -> tuple[dict[str, Incoming], dict[str, str]]:
+    """Identifiers per platform, and the UTM tags, from decoded parameters and cookies.
+
+    ``link_param`` is ROIBest's parameter name, or None when ROIBest is not configured (its
+    default name ``link_id`` is too generic to collect from sites that do not use ROIBest).
+    Meta's ``fbc``/``fbp`` construction needs the stored session and the clock, so it is done
+    by the caller; here ``_fbc``/``_fbp`` are only validated and passed along.
+    """
+    found: dict[str, Incoming] = {}
+    pixel = clean_id(params.get("pixel_id"))
+
+    if click := clean_id(params.get("click_id")):
+        found["kwai"] = Incoming("kwai", click, pixel)
+
+    bbg = clean_id(params.get("bbg"), MAX_LONG_ID_LENGTH)
+    from_url = bbg is not None
+    if bbg is None:
+        bbg = clean_id(cookies.get(BIGO_COOKIE_CLICK), MAX_LONG_ID_LENGTH)
+    bigo_ci = clean_id(cookies.get(BIGO_COOKIE_ID))
+    if bbg is not None or bigo_ci is not None:
+        inc = Incoming("bigo", bbg, pixel if from_url else None)
+        if bigo_ci is not None:
+            inc.extra["cookie_id"] = bigo_ci
+        found["bigo"] = inc
+
+    fbclid = clean_id(params.get("fbclid"))
+    fbc = cookies.get(META_FBC_COOKIE)
+    fbc = fbc if valid_fbc(fbc) else None
+    fbp = cookies.get(META_FBP_COOKIE)
+    fbp = fbp if valid_fbp(fbp) else None
+    if fbclid is None and fbc is not None:
+        # The Meta pixel saw a click we did not: its cookie carries the fbclid.
+        fbclid = clean_id(fbclid_of(fbc))
+    if fbclid is not None or fbp is not None:
+        inc = Incoming("meta", fbclid)
+        if fbc is not None and fbclid is not None and fbc_holds(fbc, fbclid):
+            inc.extra["fbc"] = fbc
+        if fbp is not None:
+            inc.extra["fbp"] = fbp
+        found["meta"] = inc
+
+    if rtid := clean_id(params.get("rtid")):
+        found["rokt"] = Incoming("rokt", rtid)
+
+    if link_param and (link := clean_id(params.get(link_param))):
+        found["roibest"] = Incoming("roibest", link)
+
+    ttclid = clean_id(params.get("ttclid"))
+    ttp = clean_id(cookies.get(TIKTOK_COOKIE))
+    if ttclid is not None or ttp is not None:
+        inc = Incoming("tiktok", ttclid)
+        if ttp is not None:
+            inc.extra["ttp"] = ttp
+        found["tiktok"] = inc
+
+    utm: dict[str, str] = {}
+    for key in UTM_KEYS:
+        v = clean_id(params.get(key), MAX_UTM_LENGTH)
+        if v is not None:
+            utm[key] = v
+    return found, utm

@@ -1,0 +1,105 @@
+"""``TrackingWSGIMiddleware``: WSGI glue around the same request logic as the ASGI middleware.
+
+Flask: ``app.wsgi_app = TrackingWSGIMiddleware(app.wsgi_app)``. Django:
+``application = TrackingWSGIMiddleware(get_wsgi_application())``.
+
+The request state is set in a ContextVar for the duration of the app call (the thread handling
+the request runs the view inside it) and reset when the app returns its body iterable.
+Delivery runs in a background thread started on demand (``ensure_thread_dispatcher``, which is
+cheap, idempotent and re-started in a forked worker).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import quote
+
+from ._context import _state
+from ._core import Core, Outcome, RequestParts
+from ._runtime import Runtime
+from ._types import StartResponse, WSGIApp, WSGIEnviron
+from .config import Settings
+
+__all__ = ["TrackingWSGIMiddleware"]
+
+logger = logging.getLogger("tracking_mw")
+_PATH_SAFE = "/:@!$&'()*+,;=~%"
+
+
+def _parts(environ: WSGIEnviron) -> RequestParts:
+    get = environ.get
+    raw_uri = get("REQUEST_URI") or get("RAW_URI")
+    if raw_uri and isinstance(raw_uri, str) and raw_uri.startswith("/"):
+        path = quote(raw_uri.split("?", 1)[0].encode("latin-1", "replace"), safe=_PATH_SAFE)
+    else:
+        # PEP 3333: SCRIPT_NAME/PATH_INFO are percent-decoded bytes in latin-1 strings.
+        decoded = (get("SCRIPT_NAME", "") + get("PATH_INFO", "")) or "/"
+        path = quote(decoded.encode("latin-1", "replace"), safe="/:@!$&'()*+,;=~")
+    query = get("QUERY_STRING") or ""
+    port = get("SERVER_PORT")
+    name = get("SERVER_NAME")
+    return RequestParts(
+        scheme=get("wsgi.url_scheme", "http"),
+        host=get("HTTP_HOST"),
+        server=f"{name}:{port}" if name and port else name,
+        path=path,
+        query=query.encode("latin-1", "replace"),
+        cookie=get("HTTP_COOKIE"),
+        user_agent=get("HTTP_USER_AGENT"),
+        referer=get("HTTP_REFERER"),
+        peer=get("REMOTE_ADDR") or None,
+        x_forwarded_for=get("HTTP_X_FORWARDED_FOR"),
+        forwarded=get("HTTP_FORWARDED"),
+    )
+
+
+class TrackingWSGIMiddleware:
+    """Capture ad identifiers into a signed cookie and expose them to views (WSGI).
+
+    Same arguments and behaviour as :class:`~tracking_mw.TrackingMiddleware`.
+    """
+
+    def __init__(self, app: WSGIApp, settings: Settings | None = None, **overrides: Any) -> None:
+        if settings is None:
+            settings = Settings.from_env(**overrides)
+        elif overrides:
+            settings = settings.replace(**overrides)
+        self.app = app
+        self.settings = settings
+        self._runtime = Runtime.for_settings(settings)
+        self._core = Core(settings, self._runtime)
+
+    def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            self._runtime.ensure_thread_dispatcher()
+        except Exception as exc:
+            logger.error("tracking_mw: dispatcher thread failed to start: %s", type(exc).__name__)
+        try:
+            outcome: Outcome | None = self._core.process(_parts(environ), environ)
+        except Exception as exc:  # tracking must never break the host app
+            logger.error("tracking_mw: request not tracked: %s", type(exc).__name__)
+            outcome = None
+        if outcome is None:
+            return self.app(environ, start_response)
+        token = _state.set(outcome.state)
+        try:
+            if outcome.set_cookies:
+                return self.app(
+                    environ, _cookie_start_response(start_response, outcome.set_cookies)
+                )
+            return self.app(environ, start_response)
+        finally:
+            _state.reset(token)
+
+
+def _cookie_start_response(start_response: StartResponse, cookies: list[str]) -> StartResponse:
+    extra = [("Set-Cookie", c) for c in cookies]
+
+    def wrapped(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if exc_info is not None:
+            return start_response(status, [*headers, *extra], exc_info)
+        return start_response(status, [*headers, *extra])
+
+    return wrapped
