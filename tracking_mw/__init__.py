@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._context import current_attribution
 from ._errors import ConfigurationError, InvalidEvent, OutboxError, TrackingError
+from .asgi import TrackingMiddleware
 from .attribution import Attribution, ClientContext, Touch
 from .config import (
     BigoConfig,
@@ -17,6 +18,9 @@ from .config import (
     TiktokConfig,
 )
 from .events import Event, UserData
+from .inspector import Inspector
+from .tracker import Receipt, link_visitor, track
+from .wsgi import TrackingWSGIMiddleware
 
 __version__ = "0.1.0"
 
@@ -27,10 +31,12 @@ __all__ = [
     "ConfigurationError",
     "DeliveryConfig",
     "Event",
+    "Inspector",
     "InvalidEvent",
     "KwaiConfig",
     "MetaConfig",
     "OutboxError",
+    "Receipt",
     "RoibestConfig",
     "RoktConfig",
     "Secret",
@@ -38,7 +44,11 @@ __all__ = [
     "TiktokConfig",
     "Touch",
     "TrackingError",
+    "TrackingMiddleware",
+    "TrackingWSGIMiddleware",
     "UserData",
     "__version__",
     "current_attribution",
+    "link_visitor",
+    "track",
 ]

@@ -1,0 +1,207 @@
+"""One contract, three stores: memory, SQLite and a real redis-server."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tracking_mw import ConfigurationError, OutboxError
+from tracking_mw.delivery import NewRecord, Outbox, OutboxOptions, open_outbox
+from tracking_mw.delivery.memory import MemoryOutbox
+from tracking_mw.delivery.redis import RedisOutbox
+from tracking_mw.delivery.sqlite import SQLiteOutbox
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def outbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Outbox]:
+    opts = OutboxOptions(retention=100.0, dead_retention=1000.0, link_ttl=50.0)
+    box: Outbox
+    if request.param == "memory":
+        box = MemoryOutbox(opts)
+    elif request.param == "sqlite":
+        box = SQLiteOutbox(str(tmp_path / "o.sqlite3"), opts)
+    else:
+        url = request.getfixturevalue("redis_url")
+        prefix = "{t" + secrets.token_hex(4) + "}"
+        box = RedisOutbox.from_url(
+            f"{url}?prefix={prefix}&retention=100&dead_retention=1000&link_ttl=50"
+        )
+    yield box
+    box.close()
+
+
+def rec(eid: str, platform: str = "meta", key: str = "", n: int = 0) -> NewRecord:
+    return NewRecord(platform, eid, "Purchase", key, T0, {"id": eid, "n": n, "text": "é"})
+
+
+def test_add_is_idempotent_per_event_and_platform(outbox: Outbox) -> None:
+    assert outbox.add([rec("e1"), rec("e1", "kwai")], T0) == [True, True]
+    assert outbox.add([rec("e1"), rec("e2")], T0) == [False, True]
+    stats = outbox.stats(T0 + 10)
+    assert stats["meta"]["pending"] == 2
+    assert stats["kwai"]["pending"] == 1
+    assert stats["meta"]["oldest_pending_age"] == pytest.approx(10.0)
+
+
+def test_claim_leases_and_the_lease_expires(outbox: Outbox) -> None:
+    outbox.add([rec(f"e{i}") for i in range(5)], T0)
+    first = outbox.claim("meta", 3, 30.0, T0)
+    assert [c.event_id for c in first] == ["e0", "e1", "e2"]
+    assert first[0].item == {"id": "e0", "n": 0, "text": "é"}
+    assert first[0].attempts == 0 and first[0].created_at == T0
+    second = outbox.claim("meta", 10, 30.0, T0 + 1)
+    assert [c.event_id for c in second] == ["e3", "e4"]
+    assert outbox.claim("meta", 10, 30.0, T0 + 2) == []
+    assert outbox.claim("kwai", 10, 30.0, T0 + 2) == []
+    # A dispatcher that died: its records come back once the lease is over.
+    again = outbox.claim("meta", 10, 30.0, T0 + 30.5)
+    assert sorted(c.event_id for c in again) == ["e0", "e1", "e2"]
+    # The old lease holder may no longer reschedule or bury them.
+    outbox.bury(first, T0 + 30.6, "stale", None, None)
+    assert outbox.stats(T0 + 30.6)["meta"]["dead"] == 0
+
+
+def test_ack_reschedule_bury_and_views(outbox: Outbox) -> None:
+    outbox.add([rec("a"), rec("b"), rec("c")], T0)
+    a, b, c = outbox.claim("meta", 3, 30.0, T0)
+    outbox.ack([a], T0 + 1, 200, '{"events_received":1}')
+    outbox.reschedule([(b, T0 + 100)], T0 + 1, "HTTP 503", 503, "x" * 5000)
+    outbox.bury([c], T0 + 2, "invalid parameter", 400, '{"error":1}')
+    views = {v.event_id: v for v in outbox.recent()}
+    assert [v.event_id for v in outbox.recent()] == ["c", "b", "a"]
+    assert views["a"].status == "delivered" and views["a"].attempts == 1
+    assert views["a"].last_status == 200 and views["a"].next_attempt_at is None
+    assert views["b"].status == "retrying" and views["b"].next_attempt_at == T0 + 100
+    assert views["b"].last_error == "HTTP 503" and len(views["b"].last_response or "") == 2048
+    assert views["c"].status == "dead" and views["c"].last_error == "invalid parameter"
+    assert views["c"].item["text"] == "é"
+    assert outbox.claim("meta", 10, 30.0, T0 + 50) == []
+    (b2,) = outbox.claim("meta", 10, 30.0, T0 + 100)
+    assert b2.event_id == "b" and b2.attempts == 1
+    stats = outbox.stats(T0 + 100)["meta"]
+    assert (stats["pending"], stats["retrying"], stats["delivered"], stats["dead"]) == (1, 1, 1, 1)
+    assert [v.event_id for v in outbox.dead_letters()] == ["c"]
+
+
+def test_release_makes_records_due_at_once(outbox: Outbox) -> None:
+    outbox.add([rec("a")], T0)
+    claimed = outbox.claim("meta", 1, 60.0, T0)
+    outbox.release(claimed, T0 + 1)
+    (again,) = outbox.claim("meta", 1, 60.0, T0 + 1)
+    assert again.event_id == "a" and again.attempts == 0
+
+
+def test_retry_dead_by_id_and_all(outbox: Outbox) -> None:
+    outbox.add([rec("a"), rec("b"), rec("c", "kwai")], T0)
+    outbox.bury(outbox.claim("meta", 5, 30.0, T0), T0, "bad", 400, None)
+    outbox.bury(outbox.claim("kwai", 5, 30.0, T0), T0, "bad", 400, None)
+    dead = outbox.dead_letters()
+    assert len(dead) == 3
+    first = next(v for v in dead if v.event_id == "a")
+    assert outbox.retry_dead([first.record_id, "nope"], T0 + 1) == 1
+    assert outbox.retry_dead(None, T0 + 1) == 2
+    assert outbox.dead_letters() == []
+    claimed = outbox.claim("meta", 5, 30.0, T0 + 1)
+    assert sorted(c.event_id for c in claimed) == ["a", "b"]
+    assert all(c.attempts == 0 for c in claimed)
+
+
+def test_links_expire(outbox: Outbox) -> None:
+    snap = {"visitor_id": "v1", "touches": {}, "client": {}}
+    outbox.link("k", snap, T0)
+    assert outbox.linked("k", T0 + 1) == snap
+    assert outbox.linked("other", T0 + 1) is None
+    if not isinstance(outbox, RedisOutbox):  # Redis expires by its own clock (TTL)
+        assert outbox.linked("k", T0 + 51) is None
+
+
+def test_prune_removes_old_delivered_and_dead_only(outbox: Outbox) -> None:
+    outbox.add([rec("a"), rec("b"), rec("c"), rec("d")], T0)
+    a, b, c, _ = outbox.claim("meta", 4, 30.0, T0)
+    outbox.ack([a], T0, 200, None)
+    outbox.bury([b], T0, "bad", 400, None)
+    outbox.reschedule([(c, T0 + 5)], T0, "HTTP 500", 500, None)
+    assert outbox.prune(T0 + 50) == 0
+    assert outbox.prune(T0 + 101) == 1  # the delivered one
+    assert outbox.prune(T0 + 1001) == 1  # the dead one
+    assert sorted(v.event_id for v in outbox.recent()) == ["c", "d"]
+    # A pruned event id may be queued again (it is a new record).
+    assert outbox.add([rec("a")], T0 + 2000) == [True]
+
+
+def test_open_outbox_urls(tmp_path: Path) -> None:
+    box = open_outbox(f"sqlite:///{tmp_path}/x.sqlite3?retention=10&synchronous=full")
+    assert isinstance(box, SQLiteOutbox) and box.options.retention == 10
+    box.close()
+    assert isinstance(open_outbox("memory://"), MemoryOutbox)
+    with pytest.raises(ConfigurationError):
+        open_outbox("memory://?retention=-1")
+    with pytest.raises(ConfigurationError):
+        open_outbox("memory://?colour=red")
+    with pytest.raises(ConfigurationError):
+        open_outbox(f"sqlite:///{tmp_path}/missing/dir/x.sqlite3")
+    with pytest.raises(ConfigurationError):
+        open_outbox("sqlite:///x?synchronous=off")
+    with pytest.raises(ConfigurationError):
+        open_outbox("mongodb://x")
+
+
+def test_sqlite_is_wal_and_survives_reopen(tmp_path: Path) -> None:
+    path = str(tmp_path / "o.sqlite3")
+    box = SQLiteOutbox(path)
+    box.add([rec("a")], T0)
+    mode = box._conn().execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    box.close()
+    again = SQLiteOutbox(path)
+    assert [c.event_id for c in again.claim("meta", 5, 30.0, T0)] == ["a"]
+    again.close()
+
+
+def test_sqlite_child_process_after_fork_uses_its_own_connection(tmp_path: Path) -> None:
+    box = SQLiteOutbox(str(tmp_path / "o.sqlite3"))
+    box.add([rec("parent")], T0)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        signal.alarm(30)  # never hang the test run
+        try:
+            box.add([rec("child")], T0)
+            code = 0 if len(box.claim("meta", 5, 30.0, T0)) == 2 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    # The parent's connection still works and sees the child's record, leased by the child.
+    assert box.stats(T0)["meta"]["pending"] == 2
+    assert box.claim("meta", 5, 30.0, T0) == []
+    box.close()
+
+
+def test_sqlite_errors_become_outbox_errors(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    box = SQLiteOutbox(str(path))
+    box._conn().execute("DROP TABLE outbox")
+    with pytest.raises(OutboxError):
+        box.add([rec("a")], T0)
+    with pytest.raises(OutboxError):
+        box.recent()
+    box.close()
+
+
+def test_redis_down_is_an_outbox_error() -> None:
+    from tests._servers import free_port
+
+    box = RedisOutbox.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(OutboxError):
+        box.add([rec("a")], T0)
+    with pytest.raises(OutboxError):
+        box.stats(T0)
+    box.close()

@@ -1,0 +1,67 @@
+"""The public surface is exactly what __all__ says, and every name in it is documented."""
+
+from __future__ import annotations
+
+import inspect
+
+import tracking_mw
+
+EXPECTED = {
+    "Attribution",
+    "BigoConfig",
+    "ClientContext",
+    "ConfigurationError",
+    "DeliveryConfig",
+    "Event",
+    "Inspector",
+    "InvalidEvent",
+    "KwaiConfig",
+    "MetaConfig",
+    "OutboxError",
+    "Receipt",
+    "RoibestConfig",
+    "RoktConfig",
+    "Secret",
+    "Settings",
+    "TiktokConfig",
+    "Touch",
+    "TrackingError",
+    "TrackingMiddleware",
+    "TrackingWSGIMiddleware",
+    "UserData",
+    "__version__",
+    "current_attribution",
+    "link_visitor",
+    "track",
+}
+
+
+def test_all_is_the_public_api() -> None:
+    assert set(tracking_mw.__all__) == EXPECTED
+    assert len(tracking_mw.__all__) == len(set(tracking_mw.__all__))
+
+
+def test_every_exported_name_exists_and_is_documented() -> None:
+    for name in tracking_mw.__all__:
+        obj = getattr(tracking_mw, name)
+        if name == "__version__":
+            assert isinstance(obj, str)
+            continue
+        assert inspect.getdoc(obj), f"{name} has no docstring"
+
+
+def test_exported_members_come_from_private_or_documented_modules() -> None:
+    for name in tracking_mw.__all__:
+        if name == "__version__":
+            continue
+        module = getattr(tracking_mw, name).__module__
+        assert module.startswith("tracking_mw."), (name, module)
+
+
+def test_errors_share_one_root() -> None:
+    for exc in (
+        tracking_mw.ConfigurationError,
+        tracking_mw.InvalidEvent,
+        tracking_mw.OutboxError,
+    ):
+        assert issubclass(exc, tracking_mw.TrackingError)

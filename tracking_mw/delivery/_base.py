@@ -1,0 +1,285 @@
+"""The outbox contract shared by the SQLite, Redis and in-memory stores.
+
+One *delivery record* is one event for one platform. Its life::
+
+    add ──▶ pending ──claim (lease)──▶ in flight ──ack──────────▶ delivered ──prune──▶ (gone)
+                ▲                          │ ──reschedule──▶ retrying ─┐
+                │                          │ ──bury────────▶ dead      │
+                └──── lease expired / release ◀────────────────────────┘
+                                                 dead ──retry_dead──▶ retrying
+
+A claim sets the record's due time to the end of its lease, so one index (due time per
+platform) answers "what is due now" for new records, retries and expired leases alike: a
+dispatcher that dies mid-send leaves its records to be claimed again once the lease ends
+(at-least-once; a duplicate carries the same ``event_id``, which every platform deduplicates).
+
+``(platform, event_id)`` is unique: the same event tracked twice is queued once.
+Every method is synchronous and short; the asyncio dispatcher calls them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+from urllib.parse import parse_qs, urlsplit
+
+from .._errors import ConfigurationError
+
+__all__ = [
+    "Claimed",
+    "DeliveryView",
+    "NewRecord",
+    "Outbox",
+    "OutboxOptions",
+    "excerpt",
+    "fork_safe_rlock",
+    "new_token",
+]
+
+#: Statuses a record goes through.
+PENDING = "pending"
+RETRYING = "retrying"
+DELIVERED = "delivered"
+DEAD = "dead"
+
+#: The platform's answer kept for the inspector is cut to this many characters.
+RESPONSE_EXCERPT = 2048
+
+# One encoder object: json.dumps() with keyword arguments builds a new encoder on every call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_decode = json.JSONDecoder().decode
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON text (the stored form of items and snapshots)."""
+    return _encode(obj)
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse JSON text written by :func:`dumps`."""
+    return _decode(text.decode("utf-8") if isinstance(text, bytes) else text)
+
+
+def excerpt(text: str | bytes | None) -> str | None:
+    """At most ``RESPONSE_EXCERPT`` characters of a platform's answer, for the inspector."""
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text[: RESPONSE_EXCERPT * 4].decode("utf-8", "replace")
+    return text[:RESPONSE_EXCERPT]
+
+
+def fork_safe_rlock() -> threading.RLock:
+    """An RLock that ``fork()`` waits for: taken before a fork, released after it on both
+    sides, so a child never inherits it held by a thread that does not exist there.
+
+    SQLite needs this too: a child forked while another thread is inside a transaction
+    inherits SQLite's in-process lock bookkeeping in that state and finds the database
+    "locked" forever (gunicorn ``--preload`` forks a process that may hold connections).
+    """
+    lock = threading.RLock()
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(
+            before=lock.acquire, after_in_parent=lock.release, after_in_child=lock.release
+        )
+    return lock
+
+
+def new_token() -> str:
+    """A random lease token: only the holder of a lease may reschedule or bury the record."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecord:
+    """What ``track()`` hands to the outbox: one platform's item for one event."""
+
+    platform: str
+    event_id: str
+    event_name: str
+    batch_key: str
+    event_time: float
+    item: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A record leased to one dispatcher. ``attempts`` counts the tries made before this one."""
+
+    record_id: str
+    platform: str
+    event_id: str
+    event_name: str
+    batch_key: str
+    event_time: float
+    item: dict[str, Any]
+    attempts: int
+    created_at: float
+    lease: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryView:
+    """One record as the inspector and ``tracking-mw dead-letters list`` show it."""
+
+    record_id: str
+    platform: str
+    event_id: str
+    event_name: str
+    status: str
+    attempts: int
+    created_at: float
+    updated_at: float
+    next_attempt_at: float | None
+    item: dict[str, Any]
+    last_status: int | None
+    last_response: str | None
+    last_error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "record_id": self.record_id,
+            "platform": self.platform,
+            "event_id": self.event_id,
+            "event_name": self.event_name,
+            "status": self.status,
+            "attempts": self.attempts,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "next_attempt_at": self.next_attempt_at,
+            "item": self.item,
+            "last_status": self.last_status,
+            "last_response": self.last_response,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutboxOptions:
+    """Options read from the outbox URL's query string (``?retention=86400&link_ttl=...``).
+
+    ``retention``: seconds a delivered record stays visible before it is pruned (default 3
+    days); ``dead_retention``: the same for dead letters (default 30 days); ``link_ttl``:
+    seconds a ``link_visitor()`` snapshot is kept (default 30 days).
+    """
+
+    retention: float = 3 * 86400.0
+    dead_retention: float = 30 * 86400.0
+    link_ttl: float = 30 * 86400.0
+
+    @classmethod
+    def from_url(
+        cls, url: str, allowed: Sequence[str] = ()
+    ) -> tuple[OutboxOptions, dict[str, str]]:
+        """The common options plus the store-specific ones named in ``allowed``."""
+        query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+        common: dict[str, float] = {}
+        extra: dict[str, str] = {}
+        for key, values in query.items():
+            value = values[-1]
+            if key in ("retention", "dead_retention", "link_ttl"):
+                try:
+                    number = float(value)
+                except ValueError as exc:
+                    raise ConfigurationError(f"outbox option {key} must be seconds") from exc
+                if number <= 0:
+                    raise ConfigurationError(f"outbox option {key} must be > 0")
+                common[key] = number
+            elif key in allowed:
+                extra[key] = value
+            else:
+                raise ConfigurationError(f"unknown outbox option {key!r}")
+        return cls(**common), extra
+
+
+class Outbox(ABC):
+    """A durable queue of delivery records plus the visitor links of ``link_visitor()``."""
+
+    #: False only for the in-memory store (tests).
+    durable: ClassVar[bool] = True
+
+    options: OutboxOptions
+
+    @abstractmethod
+    def add(self, records: Sequence[NewRecord], now: float) -> list[bool]:
+        """Commit all records at once; per record, True if new, False if already queued."""
+
+    @abstractmethod
+    def claim(self, platform: str, limit: int, lease_seconds: float, now: float) -> list[Claimed]:
+        """Lease up to ``limit`` due records of ``platform`` (oldest due first)."""
+
+    @abstractmethod
+    def ack(
+        self, records: Sequence[Claimed], now: float, status: int | None, response: str | None
+    ) -> None:
+        """Mark records delivered."""
+
+    @abstractmethod
+    def reschedule(
+        self,
+        records: Sequence[tuple[Claimed, float]],
+        now: float,
+        error: str,
+        status: int | None,
+        response: str | None,
+    ) -> None:
+        """Try ``(record, next_attempt_at)`` pairs again later (only while holding the lease)."""
+
+    @abstractmethod
+    def bury(
+        self,
+        records: Sequence[Claimed],
+        now: float,
+        reason: str,
+        status: int | None,
+        response: str | None,
+    ) -> None:
+        """Move records to the dead letters with ``reason``."""
+
+    @abstractmethod
+    def release(self, records: Sequence[Claimed], now: float) -> None:
+        """Give leased records back unsent, due at once (shutdown)."""
+
+    @abstractmethod
+    def recent(self, limit: int = 100) -> list[DeliveryView]:
+        """The newest records, newest first (the inspector's delivery log)."""
+
+    @abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[DeliveryView]:
+        """Dead records, newest first."""
+
+    @abstractmethod
+    def retry_dead(self, record_ids: Sequence[str] | None, now: float) -> int:
+        """Queue dead letters again (all of them when ``record_ids`` is None); how many."""
+
+    @abstractmethod
+    def stats(self, now: float) -> dict[str, dict[str, float]]:
+        """Per platform: ``pending`` (not yet delivered, incl. retrying), ``retrying``,
+        ``delivered`` (kept until pruned), ``dead``, ``oldest_pending_age`` (seconds)."""
+
+    @abstractmethod
+    def link(self, key: str, snapshot: Mapping[str, Any], now: float) -> None:
+        """Keep an attribution snapshot under ``key`` for ``options.link_ttl`` seconds."""
+
+    @abstractmethod
+    def linked(self, key: str, now: float) -> dict[str, Any] | None:
+        """The snapshot kept under ``key``, unless expired."""
+
+    @abstractmethod
+    def prune(self, now: float) -> int:
+        """Delete delivered and dead records past retention, and expired links; how many."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to close by default
+        """Release connections."""
+
+
+def empty_stats() -> dict[str, float]:
+    """The stats of a platform with no records."""
+    return {"pending": 0, "retrying": 0, "delivered": 0, "dead": 0, "oldest_pending_age": 0.0}
