@@ -21,6 +21,7 @@ EXPECTED = {
     "Receipt",
     "RoibestConfig",
     "RoktConfig",
+    "Runtime",
     "Secret",
     "Settings",
     "TiktokConfig",
@@ -30,6 +31,7 @@ EXPECTED = {
     "TrackingWSGIMiddleware",
     "UserData",
     "__version__",
+    "configure",
     "current_attribution",
     "link_visitor",
     "track",
@@ -65,3 +67,29 @@ def test_errors_share_one_root() -> None:
         tracking_mw.OutboxError,
     ):
         assert issubclass(exc, tracking_mw.TrackingError)
+
+
+def test_configure_sets_up_track_outside_a_request(tmp_path: object) -> None:
+    from tracking_mw import Runtime, Settings, configure, track
+
+    settings = Settings(
+        secret_key="x" * 32,
+        outbox="memory://",
+        start_dispatcher=False,
+        roibest=tracking_mw.RoibestConfig(),
+    )
+    try:
+        runtime = configure(settings)
+        assert Runtime.default() is runtime
+        receipt = track(
+            "Lead",
+            attribution={
+                "visitor_id": "v1",
+                "touches": {"roibest": {"click_id": "4740128923061846"}},
+            },
+        )
+        assert receipt.queued == ("roibest",)
+        assert runtime.counters()["roibest"]["accepted"] == 1
+        assert runtime.counters()["roibest"]["pending"] == 1
+    finally:
+        Runtime.set_default(None)

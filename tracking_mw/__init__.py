@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ._context import current_attribution
 from ._errors import ConfigurationError, InvalidEvent, OutboxError, TrackingError
+from ._runtime import Runtime
+from ._setup import configure
 from .asgi import TrackingMiddleware
 from .attribution import Attribution, ClientContext, Touch
 from .config import (
@@ -39,6 +41,7 @@ __all__ = [
     "Receipt",
     "RoibestConfig",
     "RoktConfig",
+    "Runtime",
     "Secret",
     "Settings",
     "TiktokConfig",
@@ -48,6 +51,7 @@ __all__ = [
     "TrackingWSGIMiddleware",
     "UserData",
     "__version__",
+    "configure",
     "current_attribution",
     "link_visitor",
     "track",
