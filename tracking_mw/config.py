@@ -80,7 +80,9 @@ def _secret(value: Secret | str | None, name: str) -> Secret | None:
 
 def _base_url(value: str, name: str) -> str:
     if not isinstance(value, str) or not re.match(r"^https?://[^\s/]+", value):
-        raise ConfigurationError(f"{name} must be an http(s) URL such as https://host[:port][/prefix]")
+        raise ConfigurationError(
+            f"{name} must be an http(s) URL such as https://host[:port][/prefix]"
+        )
     return value.rstrip("/")
 
 
@@ -342,9 +344,7 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from ``TRACKING_*`` variables; keyword ``overrides`` win over them."""
         env = os.environ if environ is None else environ
         kw: dict[str, Any] = {}
@@ -353,52 +353,16 @@ class Settings:
             v = env.get(name)
             return v.strip() if v is not None and v.strip() != "" else None
 
-        if (v := get("TRACKING_SECRET_KEY")) is not None:
-            kw["secret_key"] = [k.strip() for k in v.split(",") if k.strip()]
-        else:
-            kw["secret_key"] = ()
-        if (v := get("TRACKING_COOKIE_NAME")) is not None:
-            kw["cookie_name"] = v
-        if (v := get("TRACKING_COOKIE_MAX_AGE")) is not None:
-            kw["cookie_max_age"] = _int(v, "TRACKING_COOKIE_MAX_AGE")
-        if (v := get("TRACKING_COOKIE_SECURE")) is not None:
-            kw["cookie_secure"] = _bool(v, "TRACKING_COOKIE_SECURE")
-        if (v := get("TRACKING_COOKIE_DOMAIN")) is not None:
-            kw["cookie_domain"] = v
-        if (v := get("TRACKING_WRITE_META_COOKIES")) is not None:
-            kw["write_meta_cookies"] = _bool(v, "TRACKING_WRITE_META_COOKIES")
-        if (v := get("TRACKING_TRUSTED_PROXIES")) is not None:
-            kw["trusted_proxies"] = [p.strip() for p in v.split(",") if p.strip()]
-        if (v := get("TRACKING_CAPTURE_BOTS")) is not None:
-            kw["capture_bots"] = _bool(v, "TRACKING_CAPTURE_BOTS")
-        if (v := get("TRACKING_PHONE_REGION")) is not None:
-            kw["phone_region"] = v.upper()
-        if (v := get("TRACKING_OUTBOX")) is not None:
-            kw["outbox"] = v
-        if (v := get("TRACKING_START_DISPATCHER")) is not None:
-            kw["start_dispatcher"] = _bool(v, "TRACKING_START_DISPATCHER")
+        v = get("TRACKING_SECRET_KEY")
+        kw["secret_key"] = _csv(v, "TRACKING_SECRET_KEY") if v is not None else ()
+        for attr, var, convert in _SIMPLE_ENV:
+            if (v := get(var)) is not None:
+                kw[attr] = convert(v, var)
 
-        kw["meta"] = _platform_from_env(
-            get,
-            "META",
-            MetaConfig,
-            required={"pixel_id": "PIXEL_ID", "access_token": "ACCESS_TOKEN"},
-            optional={"test_event_code": "TEST_EVENT_CODE", "api_version": "API_VERSION"},
-        )
-        kw["rokt"] = _platform_from_env(
-            get,
-            "ROKT",
-            RoktConfig,
-            required={"api_key": "API_KEY", "api_secret": "API_SECRET"},
-            optional={"pod": "POD", "environment": "ENVIRONMENT"},
-        )
-        kw["tiktok"] = _platform_from_env(
-            get,
-            "TIKTOK",
-            TiktokConfig,
-            required={"pixel_id": "PIXEL_ID", "access_token": "ACCESS_TOKEN"},
-            optional={"test_event_code": "TEST_EVENT_CODE"},
-        )
+        for attr, factory, required, optional in _CREDENTIAL_PLATFORMS:
+            kw[attr] = _platform_from_env(
+                get, attr.upper(), factory, required=required, optional=optional
+            )
         tokens = get("TRACKING_KWAI_ACCESS_TOKENS")
         if tokens is not None:
             kwai_kw: dict[str, Any] = {"access_tokens": _kwai_tokens(tokens)}
@@ -496,3 +460,55 @@ def _int(value: str, name: str) -> int:
         return int(value)
     except ValueError as exc:
         raise ConfigurationError(f"{name} must be a whole number, not {value!r}") from exc
+
+
+def _text(value: str, name: str) -> str:
+    return value
+
+
+def _csv(value: str, name: str) -> list[str]:
+    return [p.strip() for p in value.split(",") if p.strip()]
+
+
+def _upper(value: str, name: str) -> str:
+    return value.upper()
+
+
+# Plain settings: (attribute, environment variable, converter).
+_SIMPLE_ENV: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
+    ("cookie_name", "TRACKING_COOKIE_NAME", _text),
+    ("cookie_max_age", "TRACKING_COOKIE_MAX_AGE", _int),
+    ("cookie_secure", "TRACKING_COOKIE_SECURE", _bool),
+    ("cookie_domain", "TRACKING_COOKIE_DOMAIN", _text),
+    ("write_meta_cookies", "TRACKING_WRITE_META_COOKIES", _bool),
+    ("trusted_proxies", "TRACKING_TRUSTED_PROXIES", _csv),
+    ("capture_bots", "TRACKING_CAPTURE_BOTS", _bool),
+    ("phone_region", "TRACKING_PHONE_REGION", _upper),
+    ("outbox", "TRACKING_OUTBOX", _text),
+    ("start_dispatcher", "TRACKING_START_DISPATCHER", _bool),
+)
+
+# Platforms with credentials: (attribute, config class, required and optional variables
+# as attribute -> suffix of TRACKING_<PLATFORM>_).
+_CREDENTIAL_PLATFORMS: tuple[
+    tuple[str, Callable[..., Any], Mapping[str, str], Mapping[str, str]], ...
+] = (
+    (
+        "meta",
+        MetaConfig,
+        {"pixel_id": "PIXEL_ID", "access_token": "ACCESS_TOKEN"},
+        {"test_event_code": "TEST_EVENT_CODE", "api_version": "API_VERSION"},
+    ),
+    (
+        "rokt",
+        RoktConfig,
+        {"api_key": "API_KEY", "api_secret": "API_SECRET"},
+        {"pod": "POD", "environment": "ENVIRONMENT"},
+    ),
+    (
+        "tiktok",
+        TiktokConfig,
+        {"pixel_id": "PIXEL_ID", "access_token": "ACCESS_TOKEN"},
+        {"test_event_code": "TEST_EVENT_CODE"},
+    ),
+)
