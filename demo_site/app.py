@@ -291,10 +291,7 @@ class Shop:
                 '<a href="/">Go shopping</a>.</p></section>'
             )
             return self.page(request, "Cart", body)
-        rows = "".join(
-            f"<tr><td>{esc(PRODUCTS[i].name)}</td><td>{money(float(PRODUCTS[i].price))}</td></tr>"
-            for i in items
-        )
+        rows = item_rows(items)
         total = sum((PRODUCTS[i].price for i in items), Decimal(0))
         body = (
             f'<section class="card"><h1>Your cart</h1><table>{rows}'
@@ -507,10 +504,7 @@ class Shop:
             return self.page(
                 request, "Not found", '<div class="card">No such order.</div>', status_code=404
             )
-        rows = "".join(
-            f"<tr><td>{esc(PRODUCTS[i].name)}</td><td>{money(float(PRODUCTS[i].price))}</td></tr>"
-            for i in order.items
-        )
+        rows = item_rows(order.items)
         body = (
             f'<section class="card"><h1 id="thanks">Thank you!</h1><p>Order '
             f'<code id="order-id">{esc(order.id)}</code> is <strong>{esc(order.status)}</strong>. '
@@ -553,6 +547,14 @@ class Shop:
 
     async def health(self, request: Request) -> Response:
         return JSONResponse({"ok": True})
+
+
+def item_rows(items: list[str]) -> str:
+    """Table rows (name, price) for the products in a cart or an order."""
+    return "".join(
+        f"<tr><td>{esc(PRODUCTS[i].name)}</td><td>{money(float(PRODUCTS[i].price))}</td></tr>"
+        for i in items
+    )
 
 
 def cart_items(request: Request) -> list[str]:
