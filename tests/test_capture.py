@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import os
 import re
 
 import pytest
 
-from tracking_mw.attribution import LAST_SEEN_REFRESH, Touch, merge_touch
+from tracking_mw.attribution import LAST_SEEN_REFRESH, Touch, merge_touch, new_visitor_id
 from tracking_mw.capture import (
     MAX_ID_LENGTH,
     UTM_KEYS,
@@ -45,6 +48,9 @@ NAMES = query_names("link_id")
         (b"fbclid=IwAR0aBc-D_e", {"fbclid": "IwAR0aBc-D_e"}),  # case preserved
         (b"other=1&utm_source=fb&;&&=x", {"utm_source": "fb"}),
         (b"Click_ID=x", {}),  # names are case-sensitive
+        (b"click_id=\xc3%A9", {"click_id": "\u00e9"}),  # raw byte + escape make UTF-8
+        (b"click_id=\xc3\xa9+x", {"click_id": "\u00e9 x"}),  # raw UTF-8 and a "+"
+        (b"click_id=plain\xc3\xa9", {"click_id": "plain\u00e9"}),
     ],
 )
 def test_parse_query(query: bytes, expected: dict[str, str]) -> None:
@@ -242,3 +248,48 @@ def test_landing_url_is_kept_verbatim() -> None:
     t, _ = _merge(None, "c1", 1, landing_url="https://x/?click_id=A%2Bb")
     assert t.landing_url == "https://x/?click_id=A%2Bb"
     assert re.fullmatch(r"[\x21-\x7e]+", t.landing_url or "")
+
+
+def test_fast_built_touches_equal_constructed_ones() -> None:
+    # merge_touch builds touches without the dataclass __init__: they must be the same objects.
+    new, _ = _merge(None, "c1", 5, pixel_id="p", utm={"utm_source": "s"}, extra={"ttp": "t"})
+    assert new == Touch(
+        platform="kwai",
+        click_id="c1",
+        pixel_id="p",
+        first_seen=5,
+        last_seen=5,
+        landing_url="https://shop/?click_id=x",
+        utm={"utm_source": "s"},
+        extra={"ttp": "t"},
+    )
+    assert list(vars(new)) == [f.name for f in dataclasses.fields(Touch)]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        new.click_id = "x"  # type: ignore[misc]
+    later, changed = _merge(new, "c1", 5 + LAST_SEEN_REFRESH)
+    assert changed and later == dataclasses.replace(new, last_seen=5 + LAST_SEEN_REFRESH)
+    assert repr(later).startswith("Touch(platform='kwai', click_id='c1'")
+
+
+def test_visitor_ids_are_random_urlsafe_128_bits() -> None:
+    ids = {new_visitor_id() for _ in range(200)}
+    assert len(ids) == 200
+    for vid in ids:
+        assert re.fullmatch(r"[A-Za-z0-9_-]{22}", vid)
+        assert len(base64.urlsafe_b64decode(vid + "==")) == 16
+
+
+def test_visitor_ids_differ_in_a_forked_child() -> None:
+    # Random bytes are fetched in bulk: a forked worker must not reuse its parent's.
+    new_visitor_id()  # the parent now holds unused random bytes
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child process
+        os.write(write_end, new_visitor_id().encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    child = os.read(read_end, 64).decode()
+    os.close(read_end)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", child)
+    assert child != new_visitor_id()

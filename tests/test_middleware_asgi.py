@@ -609,3 +609,18 @@ async def test_last_seen_refreshed_at_most_hourly(monkeypatch: pytest.MonkeyPatc
         assert len(tmw_cookies(r)) == 1
         kwai = r.json()["attribution"]["touches"]["kwai"]
         assert kwai["first_seen"] == 1_800_000_000 and kwai["last_seen"] == 1_800_003_600
+
+
+async def test_user_agent_cleaning_is_remembered_per_agent(mw: TrackingMiddleware) -> None:
+    # The cleaned agent is cached per string: repeats must give the same answers as the first.
+    odd = "Mozilla/5.0 \u00e9\x01bad"
+    long = "Mozilla/5.0 " + "x" * 3000
+    async with client_for(mw) as c:
+        for _ in range(2):
+            r = await c.get("/", headers={"user-agent": CHROME})
+            assert r.json()["attribution"]["client"]["user_agent"] == CHROME
+            r = await c.get("/", headers={"user-agent": odd.encode("latin-1")})
+            assert "user_agent" not in r.json()["attribution"]["client"]
+            r = await c.get("/", headers={"user-agent": long})
+            got = r.json()["attribution"]["client"]["user_agent"]
+            assert got == long[:1024]

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import logging
 import random
+import string
 import time
+import zlib
 
 import pytest
-from itsdangerous import URLSafeTimedSerializer
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode
 
 from tracking_mw.attribution import Attribution, ClientContext, Touch
 from tracking_mw.config import MAX_SET_COOKIE_BYTES, Settings
-from tracking_mw.session import SALT, SessionCodec
+from tracking_mw.session import SALT, SessionCodec, _touch_json, _touch_to_wire
 
 KEY_A = "a" * 32
 KEY_B = "b" * 32
@@ -221,3 +226,90 @@ def test_decode_cache_is_bounded() -> None:
     assert len(codec._cache) <= 4096
     codec.clear_cache()
     assert codec._cache == {}
+
+
+def test_signing_matches_itsdangerous_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = SessionCodec(settings(secret_key=[KEY_A, KEY_B]))
+    stock = TimestampSigner(
+        [KEY_B, KEY_A], salt=SALT, key_derivation="hmac", digest_method=hashlib.sha256
+    )
+    for ts in (1_800_000_000, 1_800_000_001, 1_800_000_001, 1_900_000_000):
+        monkeypatch.setattr(codec._signer, "get_timestamp", lambda ts=ts: ts)
+        monkeypatch.setattr(stock, "get_timestamp", lambda ts=ts: ts)
+        for value in (b"", b"abc", "t\u00e9xt", b"x" * 1000):
+            signed = codec._signer.sign(value)
+            assert signed == stock.sign(value)
+            assert stock.unsign(signed) == (value.encode() if isinstance(value, str) else value)
+
+
+def _random_touch(r: random.Random) -> Touch:
+    def text() -> str:
+        alphabet = string.printable + '\u00e9\u2028"\\\u2713'
+        return "".join(r.choice(alphabet) for _ in range(r.randint(1, 30)))
+
+    return Touch(
+        platform=r.choice(["kwai", "meta", "bigo", "rokt", "roibest", "tiktok"]),
+        click_id=r.choice([None, text()]),
+        pixel_id=r.choice([None, text()]),
+        first_seen=r.randint(0, 2**40),
+        last_seen=r.randint(0, 2**40),
+        landing_url=r.choice([None, "", text() * 30]),
+        utm=r.choice([{}, {"utm_source": text()}, {text(): text(), "utm_id": text()}]),
+        extra=r.choice([{}, {"fbc": text(), "fbp": text()}]),
+    )
+
+
+def test_touch_json_is_the_json_of_the_wire_form() -> None:
+    r = random.Random(7)
+    for _ in range(500):
+        t = _random_touch(r)
+        assert _touch_json(t) == json.dumps(_touch_to_wire(t), separators=(",", ":"))
+    # Values no real touch holds still encode like json.dumps (the general path).
+    odd = Touch(platform="kwai", first_seen=True, last_seen=1.5, utm={"a": 1})  # type: ignore[dict-item]
+    assert _touch_json(odd) == json.dumps(_touch_to_wire(odd), separators=(",", ":"))
+
+
+def test_encoded_payload_is_compact_json() -> None:
+    codec = SessionCodec(settings())
+    r = random.Random(3)
+    for _ in range(50):
+        touches = {t.platform: t for t in (_random_touch(r) for _ in range(3))}
+        a = Attribution(visitor_id=new_vid(r), touches=touches)
+        body = codec.encode(a).rsplit(".", 2)[0]
+        raw = (
+            zlib.decompress(base64.urlsafe_b64decode(body[1:] + "=" * (-len(body[1:]) % 4)))
+            if body.startswith(".")
+            else base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        )
+        wire = [_touch_to_wire(t) for t in touches.values()]
+        assert (
+            raw
+            == json.dumps({"k": 1, "v": a.visitor_id, "t": wire}, separators=(",", ":")).encode()
+        )
+
+
+def new_vid(r: random.Random) -> str:
+    return "".join(r.choice(string.ascii_letters) for _ in range(22))
+
+
+def test_large_payloads_compressed_and_older_compression_still_read() -> None:
+    codec = SessionCodec(settings())
+    now = int(time.time())
+    url = "https://shop.example/landing?" + "&".join(f"utm_{i}=campaign" for i in range(25))
+    touches = {
+        p: Touch(platform=p, click_id=f"id-{p}", first_seen=now, last_seen=now, landing_url=url)
+        for p in ("kwai", "bigo", "rokt")
+    }
+    a = Attribution(visitor_id="v", touches=touches)
+    value = codec.encode(a)
+    assert value.startswith(".")  # repetitive and large: compressed
+    back = codec.decode(value)
+    assert back is not None and back.touches == touches
+    # A cookie compressed with zlib's default window (as earlier versions wrote) still decodes.
+    payload = {"k": 1, "v": "v", "t": [_touch_to_wire(t) for t in touches.values()]}
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    legacy = codec._signer.sign(b"." + base64_encode(zlib.compress(data))).decode()
+    old = codec.decode(legacy)
+    assert old is not None and old.touches == touches
+    # Small payloads stay uncompressed (cheaper to write; still far under the budget).
+    assert not codec.encode(sample()).startswith(".")

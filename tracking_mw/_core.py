@@ -18,7 +18,6 @@ has them, the stored values are written back instead of new ones, so the ids sta
 from __future__ import annotations
 
 import logging
-import random
 import re
 import time
 from collections.abc import MutableMapping
@@ -27,19 +26,28 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ._context import RequestState
-from .attribution import Attribution, ClientContext, Touch, merge_touch, new_visitor_id
+from .attribution import (
+    ClientContext,
+    Touch,
+    _attribution,
+    _client,
+    _merge,
+    _random16,
+    new_visitor_id,
+)
 from .capture import (
     COOKIE_NAMES,
     META_FBC_COOKIE,
     META_FBP_COOKIE,
     Incoming,
+    _encoded_names,
+    _parse_query,
     build_fbc,
     build_fbp,
     capture,
     fbc_holds,
     is_cookie_safe,
     parse_cookies,
-    parse_query,
     query_names,
 )
 from .client_ip import resolve_client_ip
@@ -62,7 +70,7 @@ _PATH_SAFE = "/:@!$&'()*+,;=~%"
 _QUERY_SAFE = "/:@!$&'()*+,;=~%?"
 # Bytes that quote() would leave alone anyway: skip the call for them.
 _PLAIN = re.compile(rb"[A-Za-z0-9_.\-~/:@!$&'()*+,;=%?]*")
-_rand = random.SystemRandom()
+_MISSING: Any = object()
 _logged: set[str] = set()
 
 
@@ -78,7 +86,8 @@ def _clean(value: str | None, cap: int) -> str | None:
         return None
     if len(value) > cap:
         value = value[:cap]
-    if _CONTROL.search(value):
+    # Printable ASCII has no control characters: skip the regex for the usual header.
+    if not (value.isascii() and value.isprintable()) and _CONTROL.search(value):
         return None
     return value
 
@@ -120,8 +129,15 @@ class Core:
         self.codec = SessionCodec(settings)
         self._link_param = settings.roibest.link_param if settings.roibest is not None else None
         self._query_names = query_names(self._link_param)
-        self._cookie_names = (settings.cookie_name, *COOKIE_NAMES)
+        self._wanted_query = _encoded_names(self._query_names)
+        self._cookie_names = frozenset((settings.cookie_name, *COOKIE_NAMES))
+        self._cookie_name = settings.cookie_name
+        self._trusted = settings.trusted_proxies
+        self._capture_bots = settings.capture_bots
         self._meta_on = settings.meta is not None
+        # Hosts already checked against _HOST (a site sees few): a dict lookup, not a regex.
+        self._hosts: dict[str, bool] = {}
+        self._agents: dict[str, str | None] = {}
         meta_attrs = f"; Max-Age={int(settings.meta_cookie_max_age)}; Path=/"
         if settings.cookie_domain:
             meta_attrs += f"; Domain={settings.cookie_domain}"
@@ -147,24 +163,48 @@ class Core:
             return False
 
     def _client(self, parts: RequestParts) -> ClientContext:
-        s = self.settings
-        ip = resolve_client_ip(
-            parts.peer,
-            x_forwarded_for=parts.x_forwarded_for,
-            forwarded=parts.forwarded,
-            trusted=s.trusted_proxies,  # type: ignore[arg-type]
+        trusted = self._trusted
+        ip = (
+            resolve_client_ip(
+                parts.peer,
+                x_forwarded_for=parts.x_forwarded_for,
+                forwarded=parts.forwarded,
+                trusted=trusted,  # type: ignore[arg-type]
+            )
+            if trusted
+            else parts.peer
         )
-        return ClientContext(
-            ip=ip,
-            user_agent=_clean(parts.user_agent, MAX_USER_AGENT),
-            url=self._url(parts),
-            referrer=_clean(parts.referer, MAX_URL),
+        ua = parts.user_agent
+        if ua:
+            # A site sees the same agents over and over: remember what _clean made of them.
+            cleaned = self._agents.get(ua, _MISSING)
+            if cleaned is _MISSING:
+                cleaned = _clean(ua, MAX_USER_AGENT)
+                if len(self._agents) >= 4096:
+                    self._agents.clear()
+                if len(ua) <= MAX_USER_AGENT:
+                    self._agents[ua] = cleaned
+            ua = cleaned
+        else:
+            ua = None
+        return _client(
+            ip,
+            ua,
+            self._url(parts),
+            _clean(parts.referer, MAX_URL) if parts.referer else None,
         )
 
-    @staticmethod
-    def _url(parts: RequestParts) -> str:
+    def _url(self, parts: RequestParts) -> str:
         host = parts.host
-        if not host or not _HOST.fullmatch(host):
+        if host:
+            ok = self._hosts.get(host)
+            if ok is None:
+                ok = _HOST.fullmatch(host) is not None
+                if len(self._hosts) < 1024:
+                    self._hosts[host] = ok
+            if not ok:
+                host = None
+        if not host:
             host = parts.server or "localhost"
         url = f"{parts.scheme}://{host}{parts.path}"
         if parts.query:
@@ -176,13 +216,13 @@ class Core:
 
     def process(self, parts: RequestParts, target: MutableMapping[str, Any]) -> Outcome:
         """Capture, merge and decide what to write for one request. Never raises on bad input."""
-        if not self._consents(target):
+        if self.settings.consent is not None and not self._consents(target):
             return Outcome(RequestState(attribution=None, runtime=self.runtime, consent=False), [])
         now_f = time.time()
         now = int(now_f)
-        cookies = parse_cookies(parts.cookie, self._cookie_names)
-        stored = self.codec.decode(cookies.get(self.settings.cookie_name), now)
-        params = parse_query(parts.query, self._query_names) if parts.query else {}
+        cookies = parse_cookies(parts.cookie, self._cookie_names) if parts.cookie else {}
+        stored = self.codec.decode(cookies.get(self._cookie_name), now) if cookies else None
+        params = _parse_query(parts.query, self._wanted_query) if parts.query else {}
         if params or len(cookies) > (stored is not None):
             found, utm = capture(params, cookies, link_param=self._link_param)
         else:
@@ -190,19 +230,25 @@ class Core:
             found, utm = {}, {}
         client = self._client(parts)
 
-        stored_meta = stored.touches.get("meta") if stored is not None else None
-        need_fbp = (self._meta_on or ("meta" in found and found["meta"].click_id is not None)) and (
-            "meta" not in found or "fbp" not in found["meta"].extra
-        )
-        if (found or need_fbp) and not self.settings.capture_bots and is_bot(client.user_agent):
+        if self._meta_on:
+            meta_found = found.get("meta")
+            need_fbp = meta_found is None or "fbp" not in meta_found.extra
+        elif "meta" in found:
+            meta_found = found["meta"]
+            need_fbp = meta_found.click_id is not None and "fbp" not in meta_found.extra
+        else:
+            need_fbp = False
+        if (found or need_fbp) and not self._capture_bots and is_bot(client.user_agent):
             found, need_fbp = {}, False
 
         if not found and not need_fbp:
             if stored is None:
-                return Outcome(self._state(Attribution(client=client)), [])
+                return Outcome(
+                    RequestState(_attribution(new_visitor_id(), {}, client), self.runtime, True), []
+                )
             return Outcome(
-                self._state(
-                    Attribution(visitor_id=stored.visitor_id, touches=stored.touches, client=client)
+                RequestState(
+                    _attribution(stored.visitor_id, stored.touches, client), self.runtime, True
                 ),
                 [],
             )
@@ -211,34 +257,36 @@ class Core:
         if need_fbp or "meta" in found:
             meta = found.get("meta") or Incoming("meta")
             found["meta"] = meta
+            stored_meta = stored.touches.get("meta") if stored is not None else None
             self._meta_ids(meta, stored_meta, cookies, now_f, set_cookies)
 
         touches: dict[str, Touch] = dict(stored.touches) if stored is not None else {}
-        landing = client.url[:MAX_LANDING_URL] if client.url else None
+        url = client.url
+        landing = url[:MAX_LANDING_URL] if url else None
         changed = False
         for platform, inc in found.items():
-            touch, ch = merge_touch(
+            touch, ch = _merge(
                 touches.get(platform),
-                platform=platform,
-                click_id=inc.click_id,
-                pixel_id=inc.pixel_id,
-                extra=inc.extra,
-                utm=utm,
-                landing_url=landing,
-                now=now,
+                platform,
+                inc.click_id,
+                inc.pixel_id,
+                inc.extra,
+                utm,
+                landing,
+                now,
             )
             if ch:
                 touches[platform] = touch
                 changed = True
 
         visitor = stored.visitor_id if stored is not None else new_visitor_id()
-        attribution = Attribution(visitor_id=visitor, touches=touches, client=client)
+        attribution = _attribution(visitor, touches, client)
         if changed:
             written = self.codec.set_cookie(attribution)
             if written is not None:
                 header, attribution = written
                 set_cookies.insert(0, header)
-        return Outcome(self._state(attribution), set_cookies)
+        return Outcome(RequestState(attribution, self.runtime, True), set_cookies)
 
     def _meta_ids(
         self,
@@ -259,7 +307,10 @@ class Core:
                 meta.extra["fbc"] = build_fbc(fbclid, now_ms)
         if "fbp" not in meta.extra and (self._meta_on or fbclid is not None):
             old = stored.extra.get("fbp") if stored is not None else None
-            meta.extra["fbp"] = old or build_fbp(now_ms, _rand.randint(0, 2147483647))
+            if not old:
+                # Uniform in 0..2147483647 (31 random bits) from os.urandom, like the pixel's.
+                old = build_fbp(now_ms, int.from_bytes(_random16()[:4], "big") >> 1)
+            meta.extra["fbp"] = old
         if not self.settings.write_meta_cookies:
             return
         for name, key in ((META_FBC_COOKIE, "fbc"), (META_FBP_COOKIE, "fbp")):
@@ -268,6 +319,3 @@ class Core:
             # a click id with ";" or "," must never reach a header.
             if value is not None and cookies.get(name) != value and is_cookie_safe(value):
                 set_cookies.append(f"{name}={value}{self._meta_attrs}")
-
-    def _state(self, attribution: Attribution) -> RequestState:
-        return RequestState(attribution=attribution, runtime=self.runtime, consent=True)

@@ -43,8 +43,9 @@ _WANTED = {
 
 def _parts(scope: Scope) -> RequestParts:
     found: list[str | None] = [None] * 6
+    wanted = _WANTED
     for name, value in scope.get("headers") or ():
-        i = _WANTED.get(name)
+        i = wanted.get(name)
         if i is None:
             continue
         text = value.decode("latin-1")
@@ -53,7 +54,7 @@ def _parts(scope: Scope) -> RequestParts:
             found[i] = text
         elif i == 0:
             found[i] = prev + "; " + text  # HTTP/2 may split cookies over several headers
-        elif i in (4, 5):
+        elif i >= 4:
             found[i] = prev + ", " + text  # repeated forwarding headers form one list
     client = scope.get("client")
     server = scope.get("server")
@@ -63,18 +64,19 @@ def _parts(scope: Scope) -> RequestParts:
     else:
         # Per the ASGI spec "path" already includes root_path.
         path = _quote_raw(str(scope.get("path") or "/").encode("utf-8", "surrogateescape"))
+    # Positional: a dozen keyword arguments cost more than building the rest of the object.
     return RequestParts(
-        scheme=scope.get("scheme", "http"),
-        host=found[3],
-        server=f"{server[0]}:{server[1]}" if server and server[1] is not None else None,
-        path=path,
-        query=scope.get("query_string") or b"",
-        cookie=found[0],
-        user_agent=found[1],
-        referer=found[2],
-        peer=client[0] if client else None,
-        x_forwarded_for=found[4],
-        forwarded=found[5],
+        scope.get("scheme", "http"),
+        found[3],
+        f"{server[0]}:{server[1]}" if server and server[1] is not None else None,
+        path,
+        scope.get("query_string") or b"",
+        found[0],
+        found[1],
+        found[2],
+        client[0] if client else None,
+        found[4],
+        found[5],
     )
 
 
@@ -82,7 +84,8 @@ _PLAIN_PATH = re.compile(rb"[A-Za-z0-9_.\-~/:@!$&'()*+,;=%]*")
 
 
 def _quote_raw(raw: bytes) -> str:
-    raw = raw.split(b"?", 1)[0]
+    if raw.find(b"?") >= 0:
+        raw = raw.split(b"?", 1)[0]
     if _PLAIN_PATH.fullmatch(raw):
         return raw.decode("ascii")
     return quote(raw, safe="/:@!$&'()*+,;=~%")
@@ -225,9 +228,8 @@ def _cookie_sender(send: Send, cookies: list[str]) -> Send:
 
     async def sender(message: Message) -> None:
         if message["type"] == "http.response.start":
-            headers = list(message.get("headers") or ())
-            headers.extend(encoded)
-            message = {**message, "headers": headers}
+            # A copy: the app may reuse its message (and its header list) for other responses.
+            message = {**message, "headers": [*(message.get("headers") or ()), *encoded]}
         await send(message)
 
     return sender

@@ -86,16 +86,21 @@ _FBP = re.compile(r"fb\.\d{1,2}\.\d{1,16}\.\d{1,12}(\.[A-Za-z0-9_\-]{1,16})?")
 
 def clean_id(value: str | None, max_len: int = MAX_ID_LENGTH) -> str | None:
     """``value`` if it is a plausible identifier (non-empty, no control chars, short enough)."""
-    if not value or len(value) > max_len or _CONTROL.search(value):
+    if not value or len(value) > max_len:
+        return None
+    # Printable ASCII has no control characters: skip the regex for the usual id.
+    if not (value.isascii() and value.isprintable()) and _CONTROL.search(value):
         return None
     return value
 
 
 def _decode(raw: bytes) -> str | None:
     """Form-decode one query component once; None if it is not UTF-8."""
-    if b"+" in raw:
+    # bytes.find, not ``in``: ``b"+" in raw`` first tries the needle as an int and pays for
+    # the TypeError, which costs more than the search.
+    if raw.find(b"+") >= 0:
         raw = raw.replace(b"+", b" ")
-    if b"%" in raw:
+    if raw.find(b"%") >= 0:
         raw = unquote_to_bytes(raw)
     try:
         return raw.decode("utf-8")
@@ -116,13 +121,17 @@ def parse_query(query: bytes, names: Iterable[str]) -> dict[str, str]:
     """
     if not query:
         return {}
-    wanted = _encoded_names(tuple(names))
+    return _parse_query(query, _encoded_names(tuple(names)))
+
+
+def _parse_query(query: bytes, wanted: frozenset[bytes]) -> dict[str, str]:
+    """:func:`parse_query` with the wanted names already encoded (the middleware's path)."""
     out: dict[str, str] = {}
     for pair in query.split(b"&"):
         key, sep, value = pair.partition(b"=")
         if key not in wanted:
             # Rare: an encoded key ("click%5Fid"); decode keys only when they could be one.
-            if b"%" not in key and b"+" not in key:
+            if key.find(b"%") < 0 and key.find(b"+") < 0:
                 continue
             dk = _decode(key)
             if dk is None or dk.encode("utf-8") not in wanted:
@@ -131,7 +140,14 @@ def parse_query(query: bytes, names: Iterable[str]) -> dict[str, str]:
         name = key.decode("ascii")
         if name in out or not sep:
             continue
-        decoded = _decode(value)
+        decoded: str | None
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            decoded = _decode(value)  # raw bytes and escapes together may still make UTF-8
+        else:
+            # "%" and "+" are ASCII, never part of a multi-byte character: test the text.
+            decoded = _decode(value) if "%" in text or "+" in text else text
         if decoded is not None:
             out[name] = decoded
     return out
@@ -145,7 +161,7 @@ def parse_cookies(header: str | None, names: Iterable[str]) -> dict[str, str]:
     """
     if not header:
         return {}
-    wanted = set(names)
+    wanted = names if isinstance(names, (set, frozenset)) else set(names)
     out: dict[str, str] = {}
     for chunk in header.split(";"):
         key, sep, value = chunk.partition("=")
@@ -240,27 +256,33 @@ def capture(
     by the caller; here ``_fbc``/``_fbp`` are only validated and passed along.
     """
     found: dict[str, Incoming] = {}
-    pixel = clean_id(params.get("pixel_id"))
+    get = params.get
+    # Most requests carry one platform's parameters: absent ones cost a lookup, not a call.
+    pixel = clean_id(v) if (v := get("pixel_id")) is not None else None
 
-    if click := clean_id(params.get("click_id")):
+    if (v := get("click_id")) is not None and (click := clean_id(v)):
         found["kwai"] = Incoming("kwai", click, pixel)
 
-    bbg = clean_id(params.get("bbg"), MAX_LONG_ID_LENGTH)
+    bbg = clean_id(v, MAX_LONG_ID_LENGTH) if (v := get("bbg")) is not None else None
     from_url = bbg is not None
-    if bbg is None:
-        bbg = clean_id(cookies.get(BIGO_COOKIE_CLICK), MAX_LONG_ID_LENGTH)
-    bigo_ci = clean_id(cookies.get(BIGO_COOKIE_ID))
+    if cookies:
+        if bbg is None:
+            bbg = clean_id(cookies.get(BIGO_COOKIE_CLICK), MAX_LONG_ID_LENGTH)
+        bigo_ci = clean_id(cookies.get(BIGO_COOKIE_ID))
+        fbc = cookies.get(META_FBC_COOKIE)
+        fbc = fbc if valid_fbc(fbc) else None
+        fbp = cookies.get(META_FBP_COOKIE)
+        fbp = fbp if valid_fbp(fbp) else None
+        ttp = clean_id(cookies.get(TIKTOK_COOKIE))
+    else:
+        bigo_ci = fbc = fbp = ttp = None
     if bbg is not None or bigo_ci is not None:
         inc = Incoming("bigo", bbg, pixel if from_url else None)
         if bigo_ci is not None:
             inc.extra["cookie_id"] = bigo_ci
         found["bigo"] = inc
 
-    fbclid = clean_id(params.get("fbclid"))
-    fbc = cookies.get(META_FBC_COOKIE)
-    fbc = fbc if valid_fbc(fbc) else None
-    fbp = cookies.get(META_FBP_COOKIE)
-    fbp = fbp if valid_fbp(fbp) else None
+    fbclid = clean_id(v) if (v := get("fbclid")) is not None else None
     if fbclid is None and fbc is not None:
         # The Meta pixel saw a click we did not: its cookie carries the fbclid.
         fbclid = clean_id(fbclid_of(fbc))
@@ -272,14 +294,13 @@ def capture(
             inc.extra["fbp"] = fbp
         found["meta"] = inc
 
-    if rtid := clean_id(params.get("rtid")):
+    if (v := get("rtid")) is not None and (rtid := clean_id(v)):
         found["rokt"] = Incoming("rokt", rtid)
 
-    if link_param and (link := clean_id(params.get(link_param))):
+    if link_param and (v := get(link_param)) is not None and (link := clean_id(v)):
         found["roibest"] = Incoming("roibest", link)
 
-    ttclid = clean_id(params.get("ttclid"))
-    ttp = clean_id(cookies.get(TIKTOK_COOKIE))
+    ttclid = clean_id(v) if (v := get("ttclid")) is not None else None
     if ttclid is not None or ttp is not None:
         inc = Incoming("tiktok", ttclid)
         if ttp is not None:
@@ -288,7 +309,7 @@ def capture(
 
     utm: dict[str, str] = {}
     for key in UTM_KEYS:
-        v = clean_id(params.get(key), MAX_UTM_LENGTH)
-        if v is not None:
+        v = get(key)
+        if v is not None and (v := clean_id(v, MAX_UTM_LENGTH)) is not None:
             utm[key] = v
     return found, utm

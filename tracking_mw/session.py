@@ -20,19 +20,22 @@ readable by anyone who holds it, only its integrity is protected.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import hmac
 import json
+import json.encoder
 import logging
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any, cast
 
 from itsdangerous import BadData, TimestampSigner
-from itsdangerous.encoding import base64_decode, base64_encode
+from itsdangerous.encoding import base64_decode, base64_encode, int_to_bytes, want_bytes
 from itsdangerous.signer import HMACAlgorithm
 
-from .attribution import Attribution, Touch
+from .attribution import Attribution, Touch, _touch
 from .capture import MAX_ID_LENGTH, MAX_LONG_ID_LENGTH
 from .config import MAX_SET_COOKIE_BYTES, PLATFORMS, Secret, Settings
 
@@ -48,11 +51,54 @@ _CACHE_SIZE = 4096
 _EXTRA_KEYS = frozenset({"fbc", "fbp", "cookie_id", "ttp"})
 _PLATFORMS = frozenset(PLATFORMS)
 
-# Compressing pays only for payloads with several touches (repeated landing URLs).
-_COMPRESS_FROM = 400
+# Compressing pays only for payloads with several touches (repeated landing URLs), and costs
+# more CPU than the rest of a landing request together: below this size (base64 about 1,400
+# characters, a third of the budget) the payload is sent as it is.
+_COMPRESS_FROM = 1024
+# A 8 KB window and a small hash table: the same output size as zlib's defaults for payloads
+# this small, without initialising (and faulting in) zlib's 256 KB default state each time.
+# Any zlib decompressor (window up to 32 KB) reads it, so older cookies and these mix freely.
+_ZLIB_WBITS = 13
+_ZLIB_MEMLEVEL = 4
 _MAX_PAYLOAD = 64 * 1024
 
-_JSON = json.JSONEncoder(separators=(",", ":"))
+
+def _json_encoder() -> Callable[[Any], str]:
+    """Compact JSON (the bytes ``json.dumps(o, separators=(",", ":"))`` gives)."""
+    fallback = json.JSONEncoder(separators=(",", ":"))
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return fallback.encode
+    # The C encoder json.dumps builds on every call, built once (no circular-reference
+    # markers: the payload is made of fresh lists and dicts of strings and ints).
+    c_encode = make(
+        None,
+        fallback.default,
+        json.encoder.encode_basestring_ascii,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        True,
+    )
+
+    def encode(o: Any) -> str:
+        return "".join(c_encode(o, 0))
+
+    return encode
+
+
+_json = _json_encoder()
+# JSON string literal, ASCII only: what the encoder above writes for a str (C when available).
+_esc = json.encoder.encode_basestring_ascii
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
+def _b64(data: bytes) -> bytes:
+    """``itsdangerous.encoding.base64_encode`` (same bytes), without its Python layers."""
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=")
+
 
 _shed_logged = False
 
@@ -63,23 +109,58 @@ class _HMACSHA256(HMACAlgorithm):
     def __init__(self) -> None:
         super().__init__(hashlib.sha256)
         # The keyed HMAC state per derived key; copying it skips the key set-up per call.
-        self._keyed: dict[bytes, hmac.HMAC] = {}
+        self._keyed: dict[bytes, Any] = {}
+
+    def keyed(self, key: bytes) -> Any:
+        """An HMAC-SHA256 object keyed with ``key``, to ``copy()`` and feed the message."""
+        state = self._keyed.get(key)
+        if state is None:
+            mac = hmac.new(key, digestmod=hashlib.sha256)
+            # hmac.HMAC wraps OpenSSL's HMAC object when it can; that object has the same
+            # copy/update/digest methods without the Python layer (a third of the cost).
+            state = self._keyed[key] = getattr(mac, "_hmac", None) or mac
+        return state
 
     def get_signature(self, key: bytes, value: bytes) -> bytes:
-        keyed = self._keyed.get(key)
-        if keyed is None:
-            keyed = self._keyed[key] = hmac.new(key, digestmod=hashlib.sha256)
-        mac = keyed.copy()
+        mac = self.keyed(key).copy()
         mac.update(value)
-        return mac.digest()
+        return cast(bytes, mac.digest())
 
 
 class _Signer(TimestampSigner):
-    """itsdangerous' TimestampSigner with each key's derivation done once, not per call."""
+    """itsdangerous' TimestampSigner with each key's derivation done once, not per call.
+
+    Verification is itsdangerous' own ``unsign``. :meth:`sign` produces the very bytes
+    ``TimestampSigner.sign`` does (a test compares them), through the same ``get_timestamp``,
+    derived key and HMAC, with the encoded timestamp reused within a second.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._derived: dict[bytes | str | None, bytes] = {}
+        self._sep = want_bytes(self.sep)
+        self._stamp: tuple[int, bytes] = (-1, b"")
+        self._signing: Any = None
+
+    def sign(self, value: str | bytes) -> bytes:
+        """``value.<timestamp>.<signature>``, exactly as ``TimestampSigner.sign``."""
+        if isinstance(value, str):
+            value = value.encode("utf-8")
+        now = self.get_timestamp()
+        stamp = self._stamp
+        if stamp[0] != now:
+            stamp = self._stamp = (now, self._sep + base64_encode(int_to_bytes(now)))
+        value += stamp[1]
+        keyed = self._signing
+        if keyed is None:
+            algorithm = self.algorithm
+            if not isinstance(algorithm, _HMACSHA256):
+                return value + self._sep + self.get_signature(value)
+            # Signing always uses the newest key: its keyed state is looked up once.
+            keyed = self._signing = algorithm.keyed(self.derive_key())
+        mac = keyed.copy()
+        mac.update(value)
+        return value + self._sep + _b64(mac.digest())
 
     def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
         key = self._derived.get(secret_key)
@@ -124,6 +205,45 @@ def _touch_to_wire(t: Touch) -> list[Any]:
     ]
 
 
+# The opening of a touch's JSON per platform name (names are plain ASCII: no escaping needed).
+_OPEN = {p: f"[{json.dumps(p)}," for p in PLATFORMS}
+
+
+def _map_json(m: Any) -> str | int:
+    """``_json(dict(m))``, or 0 when ``m`` is empty (the wire form of utm and extra)."""
+    if not m:
+        return 0
+    return _json(m if type(m) is dict else dict(m))
+
+
+def _touch_json(t: Touch) -> str:
+    """``_json(_touch_to_wire(t))``, built directly (same bytes; the landing request's path)."""
+    platform, click, pixel, first, last = (
+        t.platform,
+        t.click_id,
+        t.pixel_id,
+        t.first_seen,
+        t.last_seen,
+    )
+    url = t.landing_url
+    opening = _OPEN.get(platform) if type(platform) is str else None
+    if (
+        opening is None
+        or type(first) is not int
+        or type(last) is not int
+        or (click is not None and type(click) is not str)
+        or (pixel is not None and type(pixel) is not str)
+        or (url and type(url) is not str)
+    ):
+        return _json(_touch_to_wire(t))  # odd values from a hand-made Touch: the general path
+    return (
+        f"{opening}{'null' if click is None else _esc(click)},"
+        f"{'null' if pixel is None else _esc(pixel)},{first},{last},"
+        f"{_esc(url[:MAX_LANDING_URL]) if url else 'null'},"
+        f"{_map_json(t.utm)},{_map_json(t.extra)}]"
+    )
+
+
 def _touch_from_wire(w: Any) -> Touch:
     if not isinstance(w, list) or len(w) != 8:
         raise ValueError("bad touch")
@@ -132,15 +252,15 @@ def _touch_from_wire(w: Any) -> Touch:
         raise ValueError("unknown platform")
     if type(first) is not int or type(last) is not int:
         raise ValueError("bad times")
-    return Touch(
-        platform=platform,
-        click_id=_str_or_none(click, MAX_LONG_ID_LENGTH),
-        pixel_id=_str_or_none(pixel, MAX_ID_LENGTH),
-        first_seen=first,
-        last_seen=last,
-        landing_url=_str_or_none(url, MAX_LANDING_URL),
-        utm=_str_map(utm, None),
-        extra=_str_map(extra, _EXTRA_KEYS),
+    return _touch(
+        platform,
+        _str_or_none(click, MAX_LONG_ID_LENGTH),
+        _str_or_none(pixel, MAX_ID_LENGTH),
+        first,
+        last,
+        _str_or_none(url, MAX_LANDING_URL),
+        _str_map(utm, None),
+        _str_map(extra, _EXTRA_KEYS),
     )
 
 
@@ -225,12 +345,16 @@ class SessionCodec:
         return json.loads(data), signed
 
     def _dump(self, payload: Any) -> str:
-        data = _JSON.encode(payload).encode("utf-8")
-        body = base64_encode(data)
+        return self._sign_json(_json(payload))
+
+    def _sign_json(self, text: str) -> str:
+        data = text.encode("utf-8")
         if len(data) >= _COMPRESS_FROM:
-            packed = zlib.compress(data)
-            if len(packed) < len(data) - 1:
-                body = b"." + base64_encode(packed)
+            z = zlib.compressobj(6, zlib.DEFLATED, _ZLIB_WBITS, _ZLIB_MEMLEVEL)
+            packed = z.compress(data) + z.flush()
+            body = b"." + _b64(packed) if len(packed) < len(data) - 1 else _b64(data)
+        else:
+            body = _b64(data)
         return self._signer.sign(body).decode("ascii")
 
     def _remember(self, raw: str, entry: tuple[int, Attribution, int]) -> None:
@@ -251,12 +375,13 @@ class SessionCodec:
 
     def encode(self, attribution: Attribution) -> str:
         """The signed cookie value for ``attribution`` (client context is never included)."""
-        payload = {
-            "k": 1,
-            "v": attribution.visitor_id,
-            "t": [_touch_to_wire(t) for t in attribution.touches.values()],
-        }
-        return self._dump(payload)
+        vid = attribution.visitor_id
+        if type(vid) is not str:
+            wire = [_touch_to_wire(t) for t in attribution.touches.values()]
+            return self._dump({"k": 1, "v": vid, "t": wire})
+        touches = ",".join([_touch_json(t) for t in attribution.touches.values()])
+        # The bytes _json({"k": 1, "v": vid, "t": [...]}) gives.
+        return self._sign_json(f'{{"k":1,"v":{_esc(vid)},"t":[{touches}]}}')
 
     def header_value(self, value: str) -> str:
         """The ``Set-Cookie`` header value carrying cookie value ``value``."""
