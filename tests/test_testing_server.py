@@ -552,3 +552,39 @@ def test_standalone_command() -> None:
         )
     finally:
         assert child.stop() in (0, -15)
+
+
+# -- the fast form parser of the fake Meta ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "",
+        "a=1&b=2&a=3",
+        "data=%5B%7B%22k%22%3A%22v%20w%2Bx%22%7D%5D&access_token=EAA%2B%2F%3D",
+        "x=%2541&y=%25&z=%%41",
+        "bad=%G1%4&ok=%41",
+        "plus=a+b%2Bc&blank=&noeq&=&&",
+        "utf=%C3%A3%E6%9D%B1&raw=ação&bs=a\\x41\\\\",
+        "broken=%C3%28",
+    ],
+)
+def test_parse_form_matches_parse_qs(body: str) -> None:
+    from tracking_mw.testing import _parse_form
+
+    want = {k: v[-1] for k, v in urllib.parse.parse_qs(body, keep_blank_values=True).items()}
+    assert _parse_form(body.encode("utf-8")) == want
+
+
+def test_parse_form_random_bodies() -> None:
+    import random
+
+    from tracking_mw.testing import _parse_form
+
+    rng = random.Random(3)
+    alphabet = "ab%+=&2F5C41gGx\\ ;é東\x00"
+    for _ in range(3000):
+        body = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 30)))
+        want = {k: v[-1] for k, v in urllib.parse.parse_qs(body, keep_blank_values=True).items()}
+        assert _parse_form(body.encode("utf-8")) == want, body

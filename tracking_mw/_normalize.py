@@ -26,6 +26,7 @@ IP addresses, user agents, ``fbc``, ``fbp`` and click ids are never hashed or ch
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import ipaddress
 import re
@@ -39,6 +40,7 @@ __all__ = [
     "is_hashed",
     "json_number",
     "meta_hash",
+    "meta_hash_cached",
     "normalize_city",
     "normalize_country",
     "normalize_date_of_birth",
@@ -46,6 +48,7 @@ __all__ = [
     "normalize_field",
     "normalize_gender",
     "normalize_ip",
+    "normalize_ip_cached",
     "normalize_name",
     "normalize_phone",
     "normalize_zip",
@@ -291,6 +294,31 @@ def meta_hash(field: str, value: str | None, region: str = "BR") -> str | None:
     if v is None:
         return None
     return v if is_hashed(v) else sha256_hex(v)
+
+
+@functools.lru_cache(maxsize=4096)
+def _meta_hash_lru(field: str, value: str, region: str) -> str | None:
+    return meta_hash(field, value, region)
+
+
+def meta_hash_cached(field: str, value: str | None, region: str = "BR") -> str | None:
+    """:func:`meta_hash` through a bounded cache keyed by the raw value.
+
+    The same customers convert again and again, and phone parsing alone costs tens of
+    microseconds in ``track()``. Only hashes and the values that produced them are kept,
+    in this process. The date of birth is not cached: its validity depends on today.
+    """
+    if value is None:
+        return None
+    if field == "db":
+        return meta_hash(field, value, region)
+    return _meta_hash_lru(field, value, region)
+
+
+@functools.lru_cache(maxsize=1024)
+def normalize_ip_cached(value: str | None) -> str | None:
+    """:func:`normalize_ip` through a bounded cache (visitors come back from one address)."""
+    return normalize_ip(value)
 
 
 def json_number(value: Any) -> int | float:

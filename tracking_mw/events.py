@@ -11,7 +11,7 @@ import datetime
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -34,6 +34,9 @@ _USER_FIELDS = (
 )
 
 
+_USER_FIELD_SET = frozenset(_USER_FIELDS)
+
+
 @dataclass(frozen=True, kw_only=True)
 class UserData:
     """What the site knows about the person converting. Raw values; adapters normalize/hash."""
@@ -51,13 +54,13 @@ class UserData:
     gender: str | None = None
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if v is not None and not isinstance(v, str):
+        for name in _USER_FIELDS:
+            v = getattr(self, name)
+            if v is not None and v.__class__ is not str and not isinstance(v, str):
                 if isinstance(v, int) and not isinstance(v, bool):
-                    object.__setattr__(self, f.name, str(v))
+                    object.__setattr__(self, name, str(v))
                 else:
-                    raise InvalidEvent(f"user.{f.name} must be a string", field=f"user.{f.name}")
+                    raise InvalidEvent(f"user.{name} must be a string", field=f"user.{name}")
 
     @classmethod
     def coerce(cls, value: UserData | Mapping[str, Any] | None) -> UserData:
@@ -67,7 +70,7 @@ class UserData:
         if isinstance(value, UserData):
             return value
         if isinstance(value, Mapping):
-            unknown = set(value) - set(_USER_FIELDS)
+            unknown = value.keys() - _USER_FIELD_SET
             if unknown:
                 raise InvalidEvent(
                     f"unknown user field(s): {', '.join(sorted(map(str, unknown)))}",
@@ -115,32 +118,42 @@ class Event:
     event_source_url: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.strip():
+        # Runs in every track() call: fields already in their final form are not set again.
+        set_ = object.__setattr__
+        name = self.name
+        if not isinstance(name, str) or not name.strip():
             raise InvalidEvent("event name must be a non-empty string", field="name")
-        object.__setattr__(self, "name", self.name.strip())
-        object.__setattr__(self, "value", _decimal(self.value))
+        stripped = name.strip()
+        if stripped != name:
+            set_(self, "name", stripped)
+        if self.value is not None:
+            set_(self, "value", _decimal(self.value))
         if self.currency is not None:
             cur = str(self.currency).strip().upper()
             if len(cur) != 3 or not cur.isalpha() or not cur.isascii():
                 raise InvalidEvent(
                     f"currency {self.currency!r} is not an ISO 4217 code", field="currency"
                 )
-            object.__setattr__(self, "currency", cur)
-        object.__setattr__(self, "user", UserData.coerce(self.user))
-        if not isinstance(self.event_id, str) or not self.event_id.strip():
+            set_(self, "currency", cur)
+        if not isinstance(self.user, UserData):
+            set_(self, "user", UserData.coerce(self.user))
+        event_id = self.event_id
+        if not isinstance(event_id, str) or not event_id.strip():
             raise InvalidEvent("event_id must be a non-empty string", field="event_id")
-        if len(self.event_id) > 128:
+        if len(event_id) > 128:
             raise InvalidEvent("event_id is longer than 128 characters", field="event_id")
         when: Any = self.event_time
-        if isinstance(when, datetime.datetime):
+        if when.__class__ is float and when == when:
+            pass  # the default (time.time()) and the common case
+        elif isinstance(when, datetime.datetime):
             # A naive datetime is taken as UTC: servers and payment webhooks mostly log UTC.
             if when.tzinfo is None:
                 when = when.replace(tzinfo=datetime.UTC)
-            object.__setattr__(self, "event_time", when.timestamp())
+            set_(self, "event_time", when.timestamp())
         elif isinstance(when, bool) or not isinstance(when, (int, float)) or when != when:
             raise InvalidEvent("event_time must be Unix seconds or a datetime", field="event_time")
         else:
-            object.__setattr__(self, "event_time", float(when))
+            set_(self, "event_time", float(when))
         if self.event_time > time.time() + 300:
             hint = " (milliseconds instead of seconds?)" if self.event_time > 1e11 else ""
             raise InvalidEvent(f"event_time is in the future{hint}", field="event_time")
@@ -148,12 +161,15 @@ class Event:
             raise InvalidEvent("event_time must be after 1970", field="event_time")
         if not isinstance(self.properties, Mapping):
             raise InvalidEvent("properties must be a dict", field="properties")
-        object.__setattr__(self, "properties", dict(self.properties))
-        if isinstance(self.contents, (str, bytes)) or not all(
-            isinstance(c, Mapping) for c in self.contents
-        ):
-            raise InvalidEvent("contents must be a list of dicts", field="contents")
-        object.__setattr__(self, "contents", tuple(dict(c) for c in self.contents))
+        # Shallow copies, so the caller changing its dicts later cannot change the event.
+        set_(self, "properties", dict(self.properties))
+        contents = self.contents
+        if contents.__class__ is not tuple or contents:  # () is the default: nothing to do
+            if isinstance(contents, (str, bytes)) or not all(
+                isinstance(c, Mapping) for c in contents
+            ):
+                raise InvalidEvent("contents must be a list of dicts", field="contents")
+            set_(self, "contents", tuple(dict(c) for c in contents))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (value as a string so no precision is lost)."""

@@ -167,14 +167,14 @@ class Tracker:
             log.warning("tracking_mw: the outbox accepts events again")
         queued: list[str] = []
         duplicate = False
-        metrics = rt.metrics
         for record, new in zip(records, added, strict=True):
             if new:
                 queued.append(record.platform)
-                metrics.add(record.platform, "accepted")
             else:
                 duplicate = True
                 skipped[record.platform] = DUPLICATE
+        if queued:
+            rt.metrics.add_each(queued, "accepted")
         return Receipt(event.event_id, tuple(queued), skipped, duplicate)
 
     def _failed(

@@ -20,6 +20,12 @@ limit of about 270 batches/s counts each batch (one event) of a ``bulkevents`` r
 Records older than ``max_age_seconds`` (event time; Meta rejects a whole request holding
 one event over 7 days old) are dead-lettered before they are sent.
 
+Costs kept off the hot path: a worker writes the acks of one claim in the same outbox
+call as its next claim; the SQLite store gets a single outbox thread (its calls serialize
+anyway), whose connection keeps a warm page cache, and a passive WAL checkpoint at most
+once a second, so ``track()`` never runs one; a batching adapter builds its request from
+the stored item texts (``Adapter.build_stored``) without parsing them.
+
 Graceful stop: workers stop claiming, finish the request in flight within
 ``shutdown_grace`` seconds, and release what they had claimed but not sent, so another
 dispatcher can take it at once instead of waiting for the lease to end.
@@ -55,6 +61,9 @@ log = logging.getLogger("tracking_mw")
 # the leases of the queued ones stay young.
 _PREFETCH = 32
 
+# Seconds between two outbox checkpoints (see Outbox.checkpoint).
+_CHECKPOINT_INTERVAL = 1.0
+
 _T = TypeVar("_T")
 
 # Delivered records waiting for their ack, grouped by the answer they got.
@@ -85,7 +94,9 @@ class Dispatcher:
         self._stop: asyncio.Event | None = None
         self._client: httpx.AsyncClient | None = None
         self._buckets: dict[str, TokenBucket] = {}
-        self._held: dict[int, list[Claimed]] = {}
+        self._held: dict[int, dict[str, Claimed]] = {}
+        self._next_checkpoint = 0.0
+        self._urls: dict[str, httpx.URL] = {}
         self._idle_exit = False
         self._pool: ThreadPoolExecutor | None = None
 
@@ -108,8 +119,11 @@ class Dispatcher:
         total = sum(self.config.concurrency_for(p) for p in self.adapters) or 1
         # Outbox calls block (SQLite, Redis): they run in a pool of this dispatcher's own,
         # one thread per worker, so they never queue behind the app's own executor work.
+        # A store that serializes its calls anyway (SQLite) gets a single thread, so one
+        # connection with a warm page cache makes every claim and ack.
+        threads = min(total + 1, 64) if self.outbox.parallel_io else 1
         self._pool = ThreadPoolExecutor(
-            max_workers=min(total + 1, 64), thread_name_prefix="tracking_mw-outbox"
+            max_workers=threads, thread_name_prefix="tracking_mw-outbox"
         )
         self._client = httpx.AsyncClient(
             transport=self._transport,
@@ -188,9 +202,9 @@ class Dispatcher:
         try:
             while not self.stopping:
                 try:
-                    batch = await self._io(
-                        self.outbox.claim, name, size, cfg.lease_seconds, self._clock()
-                    )
+                    # The acks of the previous claim are written by the same call, in the
+                    # same thread, just before the next claim: one hop to the pool per claim.
+                    batch = await self._io(self._ack_then_claim, name, acks, size)
                     failures = 0
                 except Exception as exc:
                     failures += 1
@@ -208,7 +222,7 @@ class Dispatcher:
                     await self._sleep_or_stop(cfg.poll_interval)
                     continue
                 claimed_at = time.monotonic()
-                self._held[wid] = list(batch)
+                held = self._held[wid] = {c.record_id: c for c in batch}
                 try:
                     for chunk in _chunks(batch, adapter):
                         # Stop, or a lease close to its end (a slow platform): give the rest
@@ -216,26 +230,33 @@ class Dispatcher:
                         if self.stopping or time.monotonic() - claimed_at > cfg.lease_seconds * 0.8:
                             break
                         await self._send(name, adapter, chunk, acks)
-                        done = {c.record_id for c in chunk}
-                        self._held[wid] = [c for c in self._held[wid] if c.record_id not in done]
+                        for c in chunk:
+                            del held[c.record_id]
                 except Exception as exc:  # a bug must not silently cost this lane a worker
                     log.error("tracking_mw: %s: delivery failed: %s", name, type(exc).__name__)
                     await self._sleep_or_stop(cfg.poll_interval)
-                # One write for every delivery of this claim. A crash before it means those
-                # events are sent again later: at-least-once, with the same event_id.
-                await self._io(self._ack_quietly, name, acks)
-                rest = self._held.pop(wid, [])
+                rest = list(self._held.pop(wid, {}).values())
                 if rest:
                     await self._io(self._release_quietly, rest)
+            await self._io(self._ack_quietly, name, acks)
         finally:
             # Cancelled at the end of the shutdown grace: record what went out, hand back
             # what is still held.
             self._ack_quietly(name, acks)
-            rest = self._held.pop(wid, [])
+            rest = list(self._held.pop(wid, {}).values())
             if rest:
                 self._release_quietly(rest)
 
+    def _ack_then_claim(self, name: str, acks: _Acks, size: int) -> list[Claimed]:
+        # One write for every delivery of the previous claim (and, now and then, the
+        # outbox's housekeeping). A crash before it means those events are sent again
+        # later: at-least-once, with the same event_id.
+        self._ack_quietly(name, acks)
+        return self.outbox.claim(name, size, self.config.lease_seconds, self._clock())
+
     def _ack_quietly(self, name: str, acks: _Acks) -> None:
+        if not acks:
+            return
         groups = list(acks.items())
         acks.clear()
         for (status, text), records in groups:
@@ -245,6 +266,15 @@ class Dispatcher:
                 log.warning("tracking_mw: outbox update failed: %s", type(exc).__name__)
                 continue
             self.metrics.add(name, "delivered", len(records))
+        # At most once a second, whichever worker gets here first (SQLite: a passive WAL
+        # checkpoint, so that track() never runs one inside its commit).
+        now = time.monotonic()
+        if now >= self._next_checkpoint:
+            self._next_checkpoint = now + _CHECKPOINT_INTERVAL
+            try:
+                self.outbox.checkpoint()
+            except Exception as exc:
+                log.warning("tracking_mw: outbox checkpoint failed: %s", type(exc).__name__)
 
     def _release_quietly(self, records: Sequence[Claimed]) -> None:
         try:
@@ -266,7 +296,10 @@ class Dispatcher:
             if wait > 0:
                 await asyncio.sleep(wait)
         try:
-            request = adapter.build([c.item for c in chunk])
+            if adapter.builds_stored:
+                request = adapter.build_stored([c.item_json for c in chunk])
+            else:
+                request = adapter.build([c.item for c in chunk])
         except Exception as exc:
             log.error(
                 "tracking_mw: %s: adapter could not build a request: %s", name, type(exc).__name__
@@ -280,7 +313,10 @@ class Dispatcher:
         body = b""
         try:
             response = await self._client.request(
-                request.method, request.url, headers=dict(request.headers), content=request.body
+                request.method,
+                self._url(request.url),
+                headers=dict(request.headers),
+                content=request.body,
             )
             status = response.status_code
             body = response.content
@@ -306,6 +342,16 @@ class Dispatcher:
             await self._send(name, adapter, chunk[half:], acks)
         else:
             await self._bury(name, chunk, outcome.reason or "rejected", status, text)
+
+    def _url(self, url: str) -> httpx.URL:
+        """``httpx.URL(url)``, parsed once: a platform posts to one or a few URLs, and
+        parsing one costs more than the rest of a small request's own work here."""
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = httpx.URL(url)
+            if len(self._urls) < 256:
+                self._urls[url] = parsed
+        return parsed
 
     async def _retry(
         self,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from ._base import fork_safe_rlock
@@ -51,6 +51,16 @@ class Metrics:
             if per is None:
                 per = self._counts[platform] = dict.fromkeys(COUNTERS, 0)
             per[counter] += n
+
+    def add_each(self, platforms: Sequence[str], counter: str) -> None:
+        """Add 1 to one counter of each of ``platforms`` (one lock round for all)."""
+        with self._lock:
+            counts = self._counts
+            for platform in platforms:
+                per = counts.get(platform)
+                if per is None:
+                    per = counts[platform] = dict.fromkeys(COUNTERS, 0)
+                per[counter] += 1
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         """A copy of every counter."""

@@ -36,6 +36,7 @@ __all__ = [
     "Skip",
     "clean_contents",
     "default_classification",
+    "form_encode",
     "json_bytes",
     "jsonable",
     "not_sent",
@@ -127,9 +128,53 @@ def default_classification(status: int, headers: Mapping[str, str]) -> Outcome |
     return None
 
 
+# One encoder object: json.dumps() with keyword arguments builds a new one on every call.
+_json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def json_bytes(obj: Any) -> bytes:
     """Compact UTF-8 JSON, the body every JSON platform gets."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _json_encode(obj).encode("utf-8")
+
+
+# urllib.parse.quote_plus() leaves these bytes as they are; a space becomes "+".
+_FORM_SAFE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~"
+_FORM_CODES = {b: b"%%%02X" % b for b in range(256) if b not in _FORM_SAFE}
+
+
+def form_quote(text: str) -> bytes:
+    """``urllib.parse.quote_plus(text)`` as bytes, byte for byte, for large texts.
+
+    ``quote_plus`` maps every byte through a Python function (~40 ms for the 400 kB of a
+    1,000-event Meta request). Here one C pass finds which unsafe bytes occur, then one
+    ``bytes.replace`` per distinct unsafe byte (a few dozen in JSON) encodes them: ``%``
+    first, since every replacement adds ``%``; the space last, since its ``+`` is unsafe.
+    """
+    data = text.encode("utf-8")
+    rest = data.translate(None, _FORM_SAFE)
+    if not rest:
+        return data
+    # The distinct unsafe bytes: take one, drop all its copies, repeat (a C pass each).
+    unsafe: set[int] = set()
+    while rest:
+        b = rest[0]
+        unsafe.add(b)
+        rest = rest.replace(bytes((b,)), b"")
+    if 0x25 in unsafe:
+        data = data.replace(b"%", b"%25")
+        unsafe.discard(0x25)
+    space = 0x20 in unsafe
+    unsafe.discard(0x20)
+    for b in unsafe:
+        data = data.replace(bytes((b,)), _FORM_CODES[b])
+    if space:
+        data = data.replace(b" ", b"+")
+    return data
+
+
+def form_encode(pairs: Sequence[tuple[str, str]]) -> bytes:
+    """``urllib.parse.urlencode(pairs).encode("ascii")``, byte for byte, but fast."""
+    return b"&".join(form_quote(k) + b"=" + form_quote(v) for k, v in pairs)
 
 
 def parse_json(body: bytes) -> Any:
@@ -161,6 +206,17 @@ class Adapter(ABC):
     @abstractmethod
     def build(self, items: Sequence[Mapping[str, Any]]) -> PlatformRequest:
         """One request carrying ``items`` (``1 <= len(items) <= max_batch``)."""
+
+    #: True when :meth:`build_stored` is faster than parsing the items for :meth:`build`.
+    builds_stored: ClassVar[bool] = False
+
+    def build_stored(self, items_json: Sequence[str]) -> PlatformRequest:
+        """:meth:`build` from the items' compact JSON text as the outbox stored it.
+
+        The same request as ``build([json.loads(t) for t in items_json])``; an adapter may
+        splice the texts instead of parsing and re-encoding them.
+        """
+        return self.build([json.loads(t) for t in items_json])
 
     @abstractmethod
     def classify(
@@ -201,7 +257,12 @@ def jsonable(value: Any, _depth: int = 0) -> Any:
     """
     if _depth > 8:
         return None
-    if value is None or isinstance(value, (bool, str, int)):
+    cls = value.__class__
+    if cls is str or cls is int or value is None or cls is bool:  # fast path, no ABC checks
+        return value
+    if cls is dict and not value:
+        return {}
+    if isinstance(value, (bool, str, int)):
         return value
     if isinstance(value, float):
         return value if value == value and value not in (float("inf"), float("-inf")) else None

@@ -84,6 +84,8 @@ KWAI_EVENTS = frozenset(
     }
 )
 _KWAI_NAME = re.compile(r"^EVENT_[A-Z0-9_]+$")
+# One encoder object: json.dumps() with keyword arguments builds a new one on every call.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _PERMANENT = {
     10001: "missing parameter",
     10002: "parameter type error",
@@ -104,6 +106,7 @@ class KwaiAdapter(Adapter):
             raise ConfigurationError("Kwai is not configured")
         self.settings = settings
         self.config: KwaiConfig = settings.kwai
+        self._names: dict[str, str | None] = {}
 
     def _pixel(self, attribution: Attribution) -> str | None:
         touch = attribution.touch("kwai")
@@ -117,12 +120,8 @@ class KwaiAdapter(Adapter):
         click_id = attribution.click_id("kwai")
         if not click_id:
             raise Skip("no Kwai click id")
-        name = platform_event_name("kwai", event.name, self.settings.event_map)
+        name = self._event_name(event.name)
         if name is None:
-            raise not_sent("kwai", event.name)
-        if not _KWAI_NAME.match(name) and not is_user_mapped(
-            "kwai", event.name, self.settings.event_map
-        ):
             raise not_sent("kwai", event.name)
         pixel = self._pixel(attribution)
         if not pixel:
@@ -145,8 +144,24 @@ class KwaiAdapter(Adapter):
             if len(contents) == 1 and "id" in contents[0]:
                 props["content_id"] = contents[0]["id"]
         props.update(jsonable(event.properties) or {})
-        item["properties"] = json.dumps(props, separators=(",", ":"), ensure_ascii=False)
+        item["properties"] = _dumps(props)
         return item
+
+    def _event_name(self, name: str) -> str | None:
+        """Kwai's name for ``name``; None when not sent. Cached: it scans the event_map."""
+        cache = self._names
+        if name in cache:
+            return cache[name]
+        found = platform_event_name("kwai", name, self.settings.event_map)
+        if (
+            found is not None
+            and not _KWAI_NAME.match(found)
+            and not is_user_mapped("kwai", name, self.settings.event_map)
+        ):
+            found = None
+        if len(cache) < 1024:  # bounded: names come from code, but stay safe
+            cache[name] = found
+        return found
 
     def build(self, items: Sequence[Mapping[str, Any]]) -> PlatformRequest:
         """The documented JSON body, with the pixel's token and the test flag."""

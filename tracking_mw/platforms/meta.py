@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._errors import ConfigurationError
-from .._normalize import json_number, meta_hash, normalize_ip
+from .._normalize import json_number, meta_hash_cached, normalize_ip_cached
 from ..attribution import Attribution
 from ..config import MetaConfig, Settings
 from ..events import Event
@@ -36,6 +36,7 @@ from ._base import (
     Skip,
     clean_contents,
     default_classification,
+    form_encode,
     jsonable,
     not_sent,
     parse_json,
@@ -48,6 +49,12 @@ __all__ = ["MetaAdapter"]
 MAX_AGE_SECONDS = 7 * 86400
 _THROTTLING = frozenset({4, 17, 32, 613, 80004})
 _TRANSIENT = frozenset({1, 2})
+_HEADERS = {
+    "Content-Type": "application/x-www-form-urlencoded",
+    "Accept": "application/json",
+}
+# One encoder object: json.dumps() with keyword arguments builds a new one on every call.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _HASHED_FIELDS = (
     ("em", "email"),
     ("ph", "phone"),
@@ -74,34 +81,42 @@ class MetaAdapter(Adapter):
             raise ConfigurationError("Meta is not configured")
         self.settings = settings
         self.config: MetaConfig = settings.meta
+        self._names: dict[str, str | None] = {}
+        # How every stored item of this pixel begins (see build_stored).
+        self._stored_prefix = '{"pixel_id":' + _dumps(self.config.pixel_id) + ',"event":'
 
     def prepare(self, event: Event, attribution: Attribution) -> dict[str, Any]:
         """The server event for ``event``, or :class:`Skip`."""
-        name = platform_event_name("meta", event.name, self.settings.event_map)
+        name = self._event_name(event.name)
         if name is None:
             raise not_sent("meta", event.name)
         if time.time() - event.event_time > MAX_AGE_SECONDS:
             raise Skip("meta takes events at most 7 days old")
         user: dict[str, Any] = {}
         region = self.settings.phone_region
+        data = event.user
         for key, attr in _HASHED_FIELDS:
-            hashed = meta_hash(key, getattr(event.user, attr), region)
-            if hashed is not None:
-                user[key] = hashed
-        ip = normalize_ip(attribution.client.ip)
+            raw = getattr(data, attr)
+            if raw is not None:
+                hashed = meta_hash_cached(key, raw, region)
+                if hashed is not None:
+                    user[key] = hashed
+        client = attribution.client
+        ip = normalize_ip_cached(client.ip) if client.ip else None
         if ip:
             user["client_ip_address"] = ip
-        touch = attribution.touch("meta")
+        touch = attribution.touches.get("meta")
         if touch is not None:
-            fbc = touch.extra.get("fbc")
+            extra = touch.extra
+            fbc = extra.get("fbc")
             if not fbc and touch.click_id:
                 # The _fbc cookie is missing: build it from fbclid as Meta's pixel would.
                 created = (touch.first_seen or int(event.event_time)) * 1000
                 fbc = f"fb.1.{created}.{touch.click_id}"
             if fbc:
                 user["fbc"] = fbc
-            if touch.extra.get("fbp"):
-                user["fbp"] = touch.extra["fbp"]
+            if extra.get("fbp"):
+                user["fbp"] = extra["fbp"]
         ua = attribution.client.user_agent
         if not ua:
             raise Skip("meta needs the visitor's user agent for a website event")
@@ -123,6 +138,16 @@ class MetaAdapter(Adapter):
         if custom:
             server_event["custom_data"] = custom
         return {"pixel_id": self.config.pixel_id, "event": server_event}
+
+    def _event_name(self, name: str) -> str | None:
+        # The vocabulary lookup scans the user's event_map: once per name, then a dict hit.
+        cache = self._names
+        if name in cache:
+            return cache[name]
+        found = platform_event_name("meta", name, self.settings.event_map)
+        if len(cache) < 1024:  # bounded: names come from code, but stay safe
+            cache[name] = found
+        return found
 
     @staticmethod
     def _custom_data(event: Event) -> dict[str, Any]:
@@ -149,25 +174,38 @@ class MetaAdapter(Adapter):
 
     def build(self, items: Sequence[Mapping[str, Any]]) -> PlatformRequest:
         """``data=[...]&access_token=...`` to the items' pixel."""
-        pixel = self.batch_key(items[0])
+        return self._request(self.batch_key(items[0]), _dumps([i["event"] for i in items]))
+
+    builds_stored = True
+
+    def build_stored(self, items_json: Sequence[str]) -> PlatformRequest:
+        """:meth:`build` from stored item texts, splicing their ``event`` parts unparsed.
+
+        prepare() makes items of exactly two keys, ``pixel_id`` then ``event``, and the
+        outbox stores them as compact JSON, so each text is ``<prefix><event JSON>}``. A
+        text of any other shape (another pixel, an item written otherwise) is parsed.
+        """
+        prefix = self._stored_prefix
+        start = len(prefix)
+        parts: list[str] = []
+        for text in items_json:
+            if not (text.startswith(prefix) and text.endswith("}")):
+                return self.build([json.loads(t) for t in items_json])
+            parts.append(text[start:-1])
+        return self._request(self.config.pixel_id, "[" + ",".join(parts) + "]")
+
+    def _request(self, pixel: str, data: str) -> PlatformRequest:
         token = self.config.access_token.reveal()
-        form: dict[str, str] = {
-            "data": json.dumps(
-                [i["event"] for i in items], separators=(",", ":"), ensure_ascii=False
-            ),
-            "access_token": token,
-        }
+        form = [("data", data), ("access_token", token)]
         if self.config.test_event_code:
-            form["test_event_code"] = self.config.test_event_code
+            form.append(("test_event_code", self.config.test_event_code))
         url = f"{self.config.base_url}/{self.config.api_version}/{urllib.parse.quote(pixel)}/events"
         return PlatformRequest(
             method="POST",
             url=url,
-            headers={
-                "Content-Type": "application/x-www-form-urlencoded",
-                "Accept": "application/json",
-            },
-            body=urllib.parse.urlencode(form).encode("ascii"),
+            headers=dict(_HEADERS),
+            # Byte for byte what urllib.parse.urlencode(form) gives, in a fraction of the time.
+            body=form_encode(form),
             secrets=(token, urllib.parse.quote_plus(token)),
         )
 
