@@ -8,7 +8,7 @@ Contract used by the middlewares (asgi.py / wsgi.py):
 
 ``Runtime.default()`` is the runtime created last; ``track()`` outside a request (a worker,
 a webhook handler in another framework) uses it. A process that only sends (a batch job)
-builds one with ``Runtime.for_settings(Settings.from_env())``.
+calls ``tracking_mw.configure()`` (which builds one from ``Settings.from_env()``).
 """
 
 from __future__ import annotations

@@ -270,7 +270,7 @@ def _runtime() -> Runtime:
     if rt is None:
         raise ConfigurationError(
             "tracking_mw is not set up: mount TrackingMiddleware (or TrackingWSGIMiddleware), "
-            "or call Runtime.for_settings(Settings.from_env()) once at startup"
+            "or call tracking_mw.configure() once at startup"
         )
     return rt
 
