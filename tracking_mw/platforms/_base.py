@@ -37,7 +37,9 @@ __all__ = [
     "clean_contents",
     "default_classification",
     "form_encode",
+    "json_answer",
     "json_bytes",
+    "json_request",
     "jsonable",
     "not_sent",
     "parse_json",
@@ -185,6 +187,43 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
+
+
+def json_answer(
+    platform: str, field: str, status: int, headers: Mapping[str, str], body: bytes
+) -> Outcome | dict[str, Any]:
+    """The common first steps of judging a JSON answer that carries a status ``field``.
+
+    HTTP-level retries (408, 429, 5xx) and other non-2xx statuses become an
+    :class:`Outcome`; a 2xx without the field is retried (the event id deduplicates a
+    resend). Otherwise the parsed body is returned for the adapter to read its own codes.
+    """
+    http = default_classification(status, headers)
+    if http is not None:
+        return http
+    if not 200 <= status < 300:
+        return Outcome.permanent(f"HTTP {status}")
+    data = parse_json(body)
+    if not isinstance(data, dict) or field not in data:
+        return Outcome.retry(f"{platform} answered without a {field}")
+    return data
+
+
+def json_request(
+    url: str,
+    body: Any,
+    *,
+    accept: str = "application/json",
+    secrets: tuple[str, ...] = (),
+) -> PlatformRequest:
+    """A ``POST`` of ``body`` as compact JSON."""
+    return PlatformRequest(
+        method="POST",
+        url=url,
+        headers={"Content-Type": "application/json", "Accept": accept},
+        body=json_bytes(body),
+        secrets=secrets,
+    )
 
 
 class Adapter(ABC):

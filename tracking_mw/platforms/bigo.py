@@ -33,10 +33,9 @@ from ._base import (
     Outcome,
     PlatformRequest,
     Skip,
-    default_classification,
-    json_bytes,
+    json_answer,
+    json_request,
     not_sent,
-    parse_json,
     source_url,
 )
 
@@ -144,26 +143,15 @@ class BigoAdapter(Adapter):
 
     def build(self, items: Sequence[Mapping[str, Any]]) -> PlatformRequest:
         """The item as the JSON body; Bigo takes no credentials."""
-        return PlatformRequest(
-            method="POST",
-            url=f"{self.config.base_url}/bigoad/trackingevent",
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-            body=json_bytes(dict(items[0])),
-            secrets=(),
-        )
+        return json_request(f"{self.config.base_url}/bigoad/trackingevent", dict(items[0]))
 
     def classify(
         self, status: int, headers: Mapping[str, str], body: bytes, item_count: int
     ) -> Outcome:
         """Judge Bigo's answer (see the module docstring)."""
-        http = default_classification(status, headers)
-        if http is not None:
-            return http
-        if not 200 <= status < 300:
-            return Outcome.permanent(f"HTTP {status}")
-        data = parse_json(body)
-        if not isinstance(data, dict) or "code" not in data:
-            return Outcome.retry("bigo answered without a code")
+        data = json_answer("bigo", "code", status, headers, body)
+        if isinstance(data, Outcome):
+            return data
         code = data.get("code")
         msg = str(data.get("msg") or "")[:300]
         if code == 1:

@@ -36,11 +36,10 @@ from ._base import (
     PlatformRequest,
     Skip,
     clean_contents,
-    default_classification,
-    json_bytes,
+    json_answer,
+    json_request,
     jsonable,
     not_sent,
-    parse_json,
 )
 
 __all__ = ["KWAI_CURRENCIES", "KWAI_EVENTS", "KwaiAdapter"]
@@ -184,14 +183,10 @@ class KwaiAdapter(Adapter):
         for key in ("properties", "third_party", "currency", "value"):
             if key in item:
                 body[key] = item[key]
-        return PlatformRequest(
-            method="POST",
-            url=f"{self.config.base_url}/log/common/api",
-            headers={
-                "Content-Type": "application/json",
-                "Accept": "application/json; charset=utf-8",
-            },
-            body=json_bytes(body),
+        return json_request(
+            f"{self.config.base_url}/log/common/api",
+            body,
+            accept="application/json; charset=utf-8",
             secrets=(token,),
         )
 
@@ -199,14 +194,9 @@ class KwaiAdapter(Adapter):
         self, status: int, headers: Mapping[str, str], body: bytes, item_count: int
     ) -> Outcome:
         """Judge Kwai's answer (see the module docstring)."""
-        http = default_classification(status, headers)
-        if http is not None:
-            return http
-        if not 200 <= status < 300:
-            return Outcome.permanent(f"HTTP {status}")
-        data = parse_json(body)
-        if not isinstance(data, dict) or "result" not in data:
-            return Outcome.retry("kwai answered without a result")
+        data = json_answer("kwai", "result", status, headers, body)
+        if isinstance(data, Outcome):
+            return data
         result = data.get("result")
         if result == 1:
             return Outcome.ok()

@@ -31,11 +31,10 @@ from ._base import (
     Outcome,
     PlatformRequest,
     Skip,
-    default_classification,
-    json_bytes,
+    json_answer,
+    json_request,
     jsonable,
     not_sent,
-    parse_json,
 )
 from .kwai import KWAI_CURRENCIES
 
@@ -77,26 +76,15 @@ class RoibestAdapter(Adapter):
 
     def build(self, items: Sequence[Mapping[str, Any]]) -> PlatformRequest:
         """The item as the JSON body (no auth is documented)."""
-        return PlatformRequest(
-            method="POST",
-            url=f"{self.config.base_url}/report/fb/event",
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-            body=json_bytes(dict(items[0])),
-            secrets=(),
-        )
+        return json_request(f"{self.config.base_url}/report/fb/event", dict(items[0]))
 
     def classify(
         self, status: int, headers: Mapping[str, str], body: bytes, item_count: int
     ) -> Outcome:
         """Judge ROIBest's answer (see the module docstring)."""
-        http = default_classification(status, headers)
-        if http is not None:
-            return http
-        if not 200 <= status < 300:
-            return Outcome.permanent(f"HTTP {status}")
-        data = parse_json(body)
-        if not isinstance(data, dict) or "code" not in data:
-            return Outcome.retry("roibest answered without a code")
+        data = json_answer("roibest", "code", status, headers, body)
+        if isinstance(data, Outcome):
+            return data
         if data.get("code") == 0:
             return Outcome.ok()
         return Outcome.permanent(f"roibest {data.get('code')}: {str(data.get('msg') or '')[:300]}")
