@@ -354,26 +354,29 @@ class FakePlatforms:
     ) -> list[dict[str, Any]]:
         """Block until ``platform`` accepted at least ``count`` events (for threaded tests)."""
         deadline = time.monotonic() + timeout
-        while True:
-            evs = self.events(platform)
-            if len(evs) >= count:
-                return evs
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{platform}: {len(evs)} of {count} events after {timeout}s")
+        while (evs := self._enough(platform, count, deadline, timeout)) is None:
             time.sleep(0.02)
+        return evs
 
     async def await_events(
         self, platform: str, count: int = 1, timeout: float = 10.0
     ) -> list[dict[str, Any]]:
         """Like :meth:`wait_for_events`, without blocking the event loop."""
         deadline = time.monotonic() + timeout
-        while True:
-            evs = self.events(platform)
-            if len(evs) >= count:
-                return evs
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{platform}: {len(evs)} of {count} events after {timeout}s")
+        while (evs := self._enough(platform, count, deadline, timeout)) is None:
             await asyncio.sleep(0.02)
+        return evs
+
+    def _enough(
+        self, platform: str, count: int, deadline: float, timeout: float
+    ) -> list[dict[str, Any]] | None:
+        """The events once there are ``count``; None to keep waiting; TimeoutError after."""
+        evs = self.events(platform)
+        if len(evs) >= count:
+            return evs
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{platform}: {len(evs)} of {count} events after {timeout}s")
+        return None
 
     def settings_overrides(self, base_url: str) -> dict[str, Any]:
         """``Settings`` keyword arguments pointing every platform at this fake."""
