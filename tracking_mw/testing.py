@@ -441,17 +441,8 @@ class FakePlatforms:
         fault = self._take_fault(platform)
         if fault is not None and fault.delay > 0:
             await asyncio.sleep(fault.delay)
-        parsed: Any = None
-        if fault is not None and fault.status is not None:
-            try:
-                parsed = json.loads(body) if body else None
-            except ValueError:
-                parsed = None
-            raw, media = _encode(fault.body)
-            extra = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
-            answer: Any = (
-                fault.body if not isinstance(fault.body, bytes) else raw.decode("utf-8", "replace")
-            )
+
+        def record(parsed: Any, status: int, answer: Any, accepted: bool) -> None:
             self._record(
                 Received(
                     platform,
@@ -461,35 +452,28 @@ class FakePlatforms:
                     headers,
                     body,
                     parsed,
-                    fault.status,
+                    status,
                     answer,
-                    False,
+                    accepted,
                 )
             )
+
+        if fault is not None and fault.status is not None:
+            raw, media = _encode(fault.body)
+            extra = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+            answer: Any = (
+                fault.body if not isinstance(fault.body, bytes) else raw.decode("utf-8", "replace")
+            )
+            record(_json_or_none(body), fault.status, answer, False)
             return Response(raw, status_code=fault.status, headers=extra, media_type=media)
+        parsed: Any = None
         try:
             parsed, verdict = validate(request, body, headers)
         except _Reject as rej:
             verdict = _Verdict(rej.status, rej.answer)
             if parsed is None:
-                try:
-                    parsed = json.loads(body) if body else None
-                except ValueError:
-                    parsed = None
-        self._record(
-            Received(
-                platform,
-                request.method,
-                request.url.path,
-                query,
-                headers,
-                body,
-                parsed,
-                verdict.status,
-                verdict.answer,
-                verdict.accepted,
-            )
-        )
+                parsed = _json_or_none(body)
+        record(parsed, verdict.status, verdict.answer, verdict.accepted)
         if verdict.answer is None:
             return Response(b"", status_code=verdict.status)
         return JSONResponse(verdict.answer, status_code=verdict.status)
@@ -977,6 +961,14 @@ def _encode(body: Any) -> tuple[bytes, str | None]:
     if isinstance(body, str):
         return body.encode("utf-8"), "text/plain"
     return json.dumps(body).encode("utf-8"), "application/json"
+
+
+def _json_or_none(body: bytes) -> Any:
+    """The body as JSON for the record of a request, or None when it is not JSON."""
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
