@@ -68,6 +68,19 @@ class _Row:
         )
 
 
+def _settle(
+    row: _Row, status: str, now: float, http: int | None, response: str | None, error: str | None
+) -> None:
+    """Record one finished try of ``row`` (its lease ends here)."""
+    row.status = status
+    row.attempts += 1
+    row.updated_at = now
+    row.lease = None
+    row.last_status = http
+    row.last_response = excerpt(response)
+    row.last_error = error
+
+
 class MemoryOutbox(Outbox):
     """A dict of records behind a lock. Not durable: tests only."""
 
@@ -161,13 +174,7 @@ class MemoryOutbox(Outbox):
                 row = self._rows.get(int(c.record_id))
                 if row is None or row.status == DELIVERED:
                     continue
-                row.status = DELIVERED
-                row.attempts += 1
-                row.updated_at = now
-                row.lease = None
-                row.last_status = status
-                row.last_response = excerpt(response)
-                row.last_error = None
+                _settle(row, DELIVERED, now, status, response, None)
 
     def reschedule(
         self,
@@ -182,14 +189,8 @@ class MemoryOutbox(Outbox):
                 row = self._held(c)
                 if row is None:
                     continue
-                row.status = RETRYING
-                row.attempts += 1
-                row.updated_at = now
+                _settle(row, RETRYING, now, status, response, error)
                 row.next_attempt_at = when
-                row.lease = None
-                row.last_status = status
-                row.last_response = excerpt(response)
-                row.last_error = error
 
     def bury(
         self,
@@ -204,13 +205,7 @@ class MemoryOutbox(Outbox):
                 row = self._held(c)
                 if row is None:
                     continue
-                row.status = DEAD
-                row.attempts += 1
-                row.updated_at = now
-                row.lease = None
-                row.last_status = status
-                row.last_response = excerpt(response)
-                row.last_error = reason
+                _settle(row, DEAD, now, status, response, reason)
 
     def release(self, records: Sequence[Claimed], now: float) -> None:
         with self._lock:
