@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
+from .._errors import ConfigurationError
 from .._normalize import json_number
 from ..attribution import Attribution
 from ..events import Event
@@ -44,6 +45,7 @@ __all__ = [
     "not_sent",
     "parse_json",
     "parse_retry_after",
+    "platform_config",
     "scalar_properties",
     "source_url",
 ]
@@ -224,6 +226,14 @@ def json_request(
         body=json_bytes(body),
         secrets=secrets,
     )
+
+
+def platform_config(settings: Any, name: str, label: str) -> Any:
+    """``settings.<name>``, or ``ConfigurationError`` when that platform is not configured."""
+    config = getattr(settings, name)
+    if config is None:
+        raise ConfigurationError(f"{label} is not configured")
+    return config
 
 
 class Adapter(ABC):

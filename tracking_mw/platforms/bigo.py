@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from .._errors import ConfigurationError
 from .._normalize import meta_hash, normalize_ip
 from ..attribution import Attribution
 from ..config import BigoConfig, Settings
@@ -36,6 +35,7 @@ from ._base import (
     json_answer,
     json_request,
     not_sent,
+    platform_config,
     source_url,
 )
 
@@ -85,10 +85,8 @@ class BigoAdapter(Adapter):
     max_batch = 1
 
     def __init__(self, settings: Settings) -> None:
-        if settings.bigo is None:
-            raise ConfigurationError("Bigo is not configured")
         self.settings = settings
-        self.config: BigoConfig = settings.bigo
+        self.config: BigoConfig = platform_config(settings, "bigo", "Bigo")
 
     def prepare(self, event: Event, attribution: Attribution) -> dict[str, Any]:
         """The Bigo body, or :class:`Skip`."""

@@ -40,6 +40,7 @@ from ._base import (
     json_request,
     jsonable,
     not_sent,
+    platform_config,
 )
 
 __all__ = ["KWAI_CURRENCIES", "KWAI_EVENTS", "KwaiAdapter"]
@@ -101,10 +102,8 @@ class KwaiAdapter(Adapter):
     max_batch = 1
 
     def __init__(self, settings: Settings) -> None:
-        if settings.kwai is None:
-            raise ConfigurationError("Kwai is not configured")
         self.settings = settings
-        self.config: KwaiConfig = settings.kwai
+        self.config: KwaiConfig = platform_config(settings, "kwai", "Kwai")
         self._names: dict[str, str | None] = {}
 
     def _pixel(self, attribution: Attribution) -> str | None:

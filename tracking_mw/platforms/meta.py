@@ -23,7 +23,6 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._errors import ConfigurationError
 from .._normalize import json_number, meta_hash_cached, normalize_ip_cached
 from ..attribution import Attribution
 from ..config import MetaConfig, Settings
@@ -41,6 +40,7 @@ from ._base import (
     not_sent,
     parse_json,
     parse_retry_after,
+    platform_config,
     source_url,
 )
 
@@ -77,10 +77,8 @@ class MetaAdapter(Adapter):
     max_batch = 1000
 
     def __init__(self, settings: Settings) -> None:
-        if settings.meta is None:
-            raise ConfigurationError("Meta is not configured")
         self.settings = settings
-        self.config: MetaConfig = settings.meta
+        self.config: MetaConfig = platform_config(settings, "meta", "Meta")
         self._names: dict[str, str | None] = {}
         # How every stored item of this pixel begins (see build_stored).
         self._stored_prefix = '{"pixel_id":' + _dumps(self.config.pixel_id) + ',"event":'

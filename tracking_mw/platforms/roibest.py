@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._errors import ConfigurationError
 from .._normalize import json_number
 from ..attribution import Attribution
 from ..config import RoibestConfig, Settings
@@ -35,6 +34,7 @@ from ._base import (
     json_request,
     jsonable,
     not_sent,
+    platform_config,
 )
 from .kwai import KWAI_CURRENCIES
 
@@ -48,10 +48,8 @@ class RoibestAdapter(Adapter):
     max_batch = 1
 
     def __init__(self, settings: Settings) -> None:
-        if settings.roibest is None:
-            raise ConfigurationError("ROIBest is not configured")
         self.settings = settings
-        self.config: RoibestConfig = settings.roibest
+        self.config: RoibestConfig = platform_config(settings, "roibest", "ROIBest")
 
     def prepare(self, event: Event, attribution: Attribution) -> dict[str, Any]:
         """The ROIBest body, or :class:`Skip`."""

@@ -25,7 +25,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._errors import ConfigurationError
 from .._normalize import (
     is_hashed,
     json_number,
@@ -47,6 +46,7 @@ from ._base import (
     default_classification,
     json_bytes,
     not_sent,
+    platform_config,
     scalar_properties,
 )
 
@@ -90,10 +90,8 @@ class RoktAdapter(Adapter):
     max_batch = 100
 
     def __init__(self, settings: Settings) -> None:
-        if settings.rokt is None:
-            raise ConfigurationError("Rokt is not configured")
         self.settings = settings
-        self.config: RoktConfig = settings.rokt
+        self.config: RoktConfig = platform_config(settings, "rokt", "Rokt")
 
     def prepare(self, event: Event, attribution: Attribution) -> dict[str, Any]:
         """One mParticle batch for ``event``, without ``environment``, or :class:`Skip`."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._errors import ConfigurationError
 from .._normalize import is_hashed, json_number, meta_hash, normalize_ip, phone_e164, sha256_hex
 from ..attribution import Attribution
 from ..config import Settings, TiktokConfig
@@ -37,6 +36,7 @@ from ._base import (
     not_sent,
     parse_json,
     parse_retry_after,
+    platform_config,
     source_url,
 )
 
@@ -50,10 +50,8 @@ class TiktokAdapter(Adapter):
     max_batch = 1000
 
     def __init__(self, settings: Settings) -> None:
-        if settings.tiktok is None:
-            raise ConfigurationError("TikTok is not configured")
         self.settings = settings
-        self.config: TiktokConfig = settings.tiktok
+        self.config: TiktokConfig = platform_config(settings, "tiktok", "TikTok")
 
     def prepare(self, event: Event, attribution: Attribution) -> dict[str, Any]:
         """One entry of ``data``, or :class:`Skip`."""
