@@ -19,7 +19,6 @@ Every method is synchronous and short; the asyncio dispatcher calls them in a wo
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import threading
@@ -30,6 +29,7 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from .._errors import ConfigurationError
+from .._json import dumps, loads  # the stored form of items and snapshots
 
 __all__ = [
     "Claimed",
@@ -37,8 +37,10 @@ __all__ = [
     "NewRecord",
     "Outbox",
     "OutboxOptions",
+    "dumps",
     "excerpt",
     "fork_safe_rlock",
+    "loads",
     "new_token",
 ]
 
@@ -50,21 +52,6 @@ DEAD = "dead"
 
 #: The platform's answer kept for the inspector is cut to this many characters.
 RESPONSE_EXCERPT = 2048
-
-# One encoder object: json.dumps() with keyword arguments builds a new encoder on every call.
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_decode = json.JSONDecoder().decode
-
-
-def dumps(obj: Any) -> str:
-    """Compact JSON text (the stored form of items and snapshots)."""
-    return _encode(obj)
-
-
-def loads(text: str | bytes) -> Any:
-    """Parse JSON text written by :func:`dumps`."""
-    return _decode(text.decode("utf-8") if isinstance(text, bytes) else text)
-
 
 def excerpt(text: str | bytes | None) -> str | None:
     """At most ``RESPONSE_EXCERPT`` characters of a platform's answer, for the inspector."""

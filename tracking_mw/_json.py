@@ -1,0 +1,68 @@
+"""Compact JSON for what the library stores and sends: orjson when installed, else stdlib.
+
+Why orjson: ``track()`` encodes every platform's item in the request path, and the stdlib
+encoder costs about 10 µs for one Meta item on a small server (orjson: under 1 µs). That
+was the largest share of ``track()`` after the commit itself. The output is the same JSON
+either way (compact separators, UTF-8 kept as is); only the spelling of floats with an
+exponent differs (``1e+16`` vs ``1e16``), which every JSON parser reads alike.
+
+A value orjson refuses (an integer beyond 64 bits, say) goes through the stdlib encoder,
+which accepts or rejects it exactly as before.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["dumps", "dumps_bytes", "loads"]
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_decode = json.JSONDecoder().decode
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - orjson is a dependency; kept for odd platforms
+    orjson = None  # type: ignore[assignment]
+
+
+def _std_dumps_bytes(obj: Any) -> bytes:
+    return _encode(obj).encode("utf-8")
+
+
+def _std_loads(text: str | bytes) -> Any:
+    return _decode(text.decode("utf-8") if isinstance(text, bytes) else text)
+
+
+if orjson is not None:
+    _odumps = orjson.dumps
+    _oloads = orjson.loads
+    _OPTS = orjson.OPT_NON_STR_KEYS
+
+    def dumps_bytes(obj: Any) -> bytes:
+        """Compact JSON as UTF-8 bytes."""
+        try:
+            return _odumps(obj, option=_OPTS)
+        except TypeError:
+            return _std_dumps_bytes(obj)
+
+    def dumps(obj: Any) -> str:
+        """Compact JSON text."""
+        try:
+            return _odumps(obj, option=_OPTS).decode("utf-8")
+        except TypeError:
+            return _encode(obj)
+
+    def loads(text: str | bytes) -> Any:
+        """Parse JSON text or UTF-8 bytes."""
+        try:
+            return _oloads(text)
+        except orjson.JSONDecodeError:
+            # The stdlib parser accepts a few things orjson does not (NaN, lone
+            # surrogates): stored texts written before stay readable.
+            return _std_loads(text)
+
+else:  # pragma: no cover
+    dumps = _encode
+    dumps_bytes = _std_dumps_bytes
+    loads = _std_loads
