@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -81,14 +82,14 @@ def test_memory_claim_gives_the_same_text() -> None:
 
 
 def _rows_in_main_file(path: Path, tmp_path: Path) -> int:
-    """Records in the database file alone, without its WAL (a copy, opened read-only)."""
+    """Events in the database file alone, without its WAL (a copy, opened read-only)."""
     copy = tmp_path / "copy.sqlite3"
     copy.write_bytes(path.read_bytes())
     conn = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
     try:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox'").fetchone() is None:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone() is None:
             return 0  # even the schema is still only in the WAL
-        return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
     finally:
         conn.close()
         copy.unlink()
@@ -143,7 +144,10 @@ def test_sqlite_claim_reads_odd_items_row_by_row(tmp_path: Path) -> None:
         conn = sqlite3.connect(path)
         try:
             with conn:
-                conn.execute("UPDATE outbox SET item = ? WHERE event_id = 'e1'", (odd,))
+                conn.execute(
+                    "UPDATE events SET items = ?, heads = ? WHERE event_id = 'e1'",
+                    (odd, json.dumps([["meta", "px", len(odd)]])),
+                )
         finally:
             conn.close()
         claimed = box.claim("meta", 10, 60.0, T0)

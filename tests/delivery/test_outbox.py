@@ -188,7 +188,7 @@ def test_sqlite_child_process_after_fork_uses_its_own_connection(tmp_path: Path)
 def test_sqlite_errors_become_outbox_errors(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
     box = SQLiteOutbox(str(path))
-    box._conn().execute("DROP TABLE outbox")
+    box._conn().execute("DROP TABLE deliveries")
     with pytest.raises(OutboxError):
         box.add([rec("a")], T0)
     with pytest.raises(OutboxError):

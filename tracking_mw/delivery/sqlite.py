@@ -11,8 +11,26 @@ Choices, and why:
 - **One connection per thread and per process.** sqlite3 connections must not cross threads,
   and a connection must never be used after ``fork()`` (gunicorn ``--preload``): the pid is
   checked and a child opens its own connections, leaving the parent's untouched.
-- **One prepared INSERT per record in one transaction**, ``INSERT OR IGNORE`` against the
-  unique ``(event_id, platform)`` key: duplicates cost nothing and are reported.
+- **Two tables: what is sent, and how its delivery goes.** ``events`` holds one row per
+  event: its platforms' items, written once by ``track()`` and never changed. ``deliveries``
+  holds one small row per (event, platform): status, attempts, due time, lease, last answer.
+  A SQLite commit costs what it writes (one WAL frame per page changed), so:
+
+  - ``track()`` appends one row to ``events``, a rowid table with no index: its commit
+    changes the table's last page and nothing else. Rows of ``deliveries`` would change
+    three b-trees (the table, the ``(event_id, platform)`` key, the due-time index).
+  - The dispatcher turns new ``events`` rows into ``deliveries`` rows at the start of each
+    claim, in the claim's own transaction, off the request path (``moved.upto`` is the last
+    event done; rowids only grow, because the newest event row is never deleted). Reads
+    that count or list deliveries do the same first, so a fresh event is never invisible.
+  - Claims, acks and retries rewrite only the small ``deliveries`` rows, never the items:
+    a fifth of the pages they would otherwise write.
+- **Duplicates.** ``(event_id, platform)`` is unique in ``deliveries``, so an event tracked
+  twice is queued once, whatever the timing. ``add()`` also *reports* a duplicate: one this
+  process queued before, or one already in ``deliveries`` (the insert looks the key up,
+  which writes nothing). A copy queued by another process in the few milliseconds before the
+  first one reached ``deliveries`` is dropped when it gets there; only its receipt says
+  "queued".
 - **The due time doubles as the lease.** A claim moves ``next_attempt_at`` to the end of the
   lease inside a ``BEGIN IMMEDIATE`` transaction, so several dispatcher processes on one host
   never claim the same record, and a dispatcher that dies leaves it due again later.
@@ -21,8 +39,8 @@ Choices, and why:
   ``track()``. The threshold is raised (4,000 pages) and the dispatcher runs a PASSIVE
   checkpoint between claims, which never blocks writers. Durability is unchanged: a
   checkpoint only copies committed pages from the WAL into the database file.
-- **Claims leave items as text.** A claimed record carries its stored JSON; the Meta
-  adapter splices those texts into the request body without parsing them.
+- **Claims leave items as text.** A claimed record carries its stored JSON (cut out of the
+  event row by SQL); the Meta adapter splices those texts into the request body unparsed.
 """
 
 from __future__ import annotations
@@ -56,14 +74,23 @@ from ._base import (
 __all__ = ["SQLiteOutbox"]
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
+CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY,
-    platform TEXT NOT NULL,
     event_id TEXT NOT NULL,
     event_name TEXT NOT NULL,
-    batch_key TEXT NOT NULL,
     event_time REAL NOT NULL,
-    item TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    heads TEXT NOT NULL,
+    items TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    event_ref INTEGER NOT NULL,
+    item_start INTEGER NOT NULL,
+    item_len INTEGER NOT NULL,
+    platform TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    batch_key TEXT NOT NULL,
     status TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
@@ -75,10 +102,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT,
     UNIQUE (event_id, platform)
 );
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (platform, next_attempt_at)
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (platform, next_attempt_at)
     WHERE status IN ('pending', 'retrying');
-CREATE INDEX IF NOT EXISTS outbox_done ON outbox (status, updated_at)
+CREATE INDEX IF NOT EXISTS deliveries_done ON deliveries (status, updated_at)
     WHERE status IN ('delivered', 'dead');
+CREATE INDEX IF NOT EXISTS deliveries_event ON deliveries (event_ref);
+CREATE TABLE IF NOT EXISTS moved (
+    one INTEGER PRIMARY KEY CHECK (one = 0),
+    upto INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO moved (one, upto) VALUES (0, 0);
 CREATE TABLE IF NOT EXISTS links (
     key TEXT PRIMARY KEY,
     snapshot TEXT NOT NULL,
@@ -86,37 +119,78 @@ CREATE TABLE IF NOT EXISTS links (
 );
 """
 
+# Bumped in every forked child: _conn() compares it instead of calling os.getpid() (a
+# system call) in every track().
+_generation = 0
+
+
+def _forked() -> None:
+    global _generation
+    _generation += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
 # Every SQLite call of this process runs under this lock, which fork() waits for (see
 # fork_safe_rlock). SQLite serializes writers anyway, so it costs no concurrency there.
 _LOCK = fork_safe_rlock()
 
-_INSERT = (
-    "INSERT OR IGNORE INTO outbox (platform, event_id, event_name, batch_key, event_time, item,"
-    " status, created_at, updated_at, next_attempt_at) VALUES (?,?,?,?,?,?,'pending',?,?,?)"
+# One event as one row: ``heads`` is a JSON array of [platform, batch_key, item length],
+# ``items`` the items' JSON texts joined by RS (see _RS), in the same order. The row is
+# written only if no delivery of the event exists yet (an index lookup, no page written).
+_EVENT_INSERT = (
+    "INSERT INTO events (event_id, event_name, event_time, created_at, heads, items)"
+    " SELECT ?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = ?)"
 )
+_EVENT_INSERT_ANY = (
+    "INSERT INTO events (event_id, event_name, event_time, created_at, heads, items)"
+    " VALUES (?,?,?,?,?,?)"
+)
+_NEW_EVENTS = "SELECT id, event_id, created_at, heads FROM events WHERE id > ? ORDER BY id LIMIT ?"
+_NEW_EVENTS_WITH_ITEMS = (
+    "SELECT id, event_id, created_at, heads, event_name, event_time, items FROM events"
+    " WHERE id > ? ORDER BY id LIMIT ?"
+)
+# OR IGNORE: the unique key drops a copy of an event that another process queued too.
+_DELIVERY_INSERT = (
+    "INSERT OR IGNORE INTO deliveries (id, event_ref, item_start, item_len, platform, event_id,"
+    " batch_key, status, created_at, updated_at, next_attempt_at, lease)"
+    " VALUES (?1,?2,?3,?4,?5,?6,?7,'pending',?8,?8,?9,?10)"
+)
+# Events turned into deliveries per transaction: bounds the time a claim holds the write
+# lock (a track() in another process waits for it) when a backlog has built up.
+_MOVE_BATCH = 2_000
+# Event ids this process queued lately, and for which platforms: a duplicate from the same
+# process is reported without a read. Bounded; the unique key is what guarantees "once".
+_RECENT_IDS = 10_000
+_NOT_SEEN: tuple[frozenset[str] | None, float] = (None, 0.0)
+# A record's item, cut out of its event row.
+_ITEM = "substr(e.items, d.item_start, d.item_len)"
 # A claim is two statements in one transaction: mark the due records with the lease, then
 # read them back as ONE row (metadata as a JSON array, items joined by RS, a character
 # compact JSON never holds). Reading 1,000 rows one by one re-takes the GIL 1,000 times,
 # and while the event loop is busy each of those waits (a claim took 3x its SQL time).
 _CLAIM_MARK = (
-    "UPDATE outbox SET next_attempt_at = ?, lease = ? WHERE id IN ("
-    " SELECT id FROM outbox WHERE platform = ? AND status IN ('pending', 'retrying')"
+    "UPDATE deliveries SET next_attempt_at = ?, lease = ? WHERE id IN ("
+    " SELECT id FROM deliveries WHERE platform = ? AND status IN ('pending', 'retrying')"
     " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?)"
 )
-_CLAIMED_WHERE = (
-    " FROM outbox WHERE platform = ? AND status IN ('pending', 'retrying')"
-    " AND next_attempt_at = ? AND lease = ?"
+# CROSS JOIN keeps ``d`` the outer loop, so records come in id order.
+_CLAIMED = (
+    " FROM (SELECT * FROM deliveries WHERE platform = ? AND status IN ('pending', 'retrying')"
+    " AND next_attempt_at = ? AND lease = ? ORDER BY id) d CROSS JOIN events e"
+    " ON e.id = d.event_ref"
 )
 # Floats as text with 17 significant digits: JSON's REAL output keeps only 15.
 _CLAIMED_ONE_ROW = (
-    "SELECT count(*), json_group_array(json_array(id, event_id, event_name, batch_key,"
-    " printf('%!.17g', event_time), attempts, printf('%!.17g', created_at))),"
-    " group_concat(item, char(30)) FROM (SELECT *" + _CLAIMED_WHERE + " ORDER BY id)"
+    "SELECT count(*), json_group_array(json_array(d.id, d.event_id, e.event_name, d.batch_key,"
+    " printf('%!.17g', e.event_time), d.attempts, printf('%!.17g', d.created_at))),"
+    f" group_concat({_ITEM}, char(30))" + _CLAIMED
 )
 _CLAIMED_ROWS = (
-    "SELECT id, event_id, event_name, batch_key, event_time, item, attempts, created_at"
-    + _CLAIMED_WHERE
-    + " ORDER BY id"
+    "SELECT d.id, d.event_id, e.event_name, d.batch_key, e.event_time, d.attempts,"
+    f" d.created_at, {_ITEM}" + _CLAIMED
 )
 _RS = "\x1e"
 # Pages the WAL may grow to before a committing connection checkpoints it itself (the
@@ -127,9 +201,10 @@ _RS = "\x1e"
 _AUTOCHECKPOINT_PAGES = 4_000
 # Page cache of a connection that claims (see claim()), in KiB.
 _CLAIM_CACHE_KB = 16_384
-_VIEW_COLS = (
-    "id, platform, event_id, event_name, status, attempts, created_at, updated_at,"
-    " next_attempt_at, item, last_status, last_response, last_error"
+_VIEW = (
+    "SELECT d.id, d.platform, d.event_id, e.event_name, d.status, d.attempts, d.created_at,"
+    f" d.updated_at, d.next_attempt_at, {_ITEM}, d.last_status, d.last_response, d.last_error"
+    " FROM deliveries d JOIN events e ON e.id = d.event_ref"
 )
 
 
@@ -168,9 +243,11 @@ class SQLiteOutbox(Outbox):
         self._synchronous = synchronous.upper()
         self._local = threading.local()
         self._pid = os.getpid()
+        self._generation = _generation
         # Connections of a parent process, kept referenced but never touched again after
         # fork: closing them in the child could disturb the parent's locks.
         self._orphans: list[sqlite3.Connection] = []
+        self._recent: dict[str, tuple[frozenset[str], float]] = {}
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise ConfigurationError(f"outbox directory does not exist: {directory}")
@@ -191,10 +268,10 @@ class SQLiteOutbox(Outbox):
         return cls(path, options, synchronous=extra.get("synchronous", "normal"))
 
     def _conn(self) -> sqlite3.Connection:
-        pid = os.getpid()
-        if pid != self._pid:
+        if self._generation != _generation:
             # A forked child: forget every connection inherited from the parent.
-            self._pid = pid
+            self._generation = _generation
+            self._pid = os.getpid()
             old = getattr(self._local, "conn", None)
             if old is not None:
                 self._orphans.append(old)
@@ -235,42 +312,138 @@ class SQLiteOutbox(Outbox):
             raise OutboxError(f"outbox write failed: {exc}") from exc
 
     def add(self, records: Sequence[NewRecord], now: float) -> list[bool]:
-        rows = [
-            (
-                r.platform,
-                r.event_id,
-                r.event_name,
-                r.batch_key,
-                r.event_time,
-                dumps(r.item),
-                now,
-                now,
-                now,
-            )
-            for r in records
-        ]
-        # The transaction is written out (no context manager): this is track()'s whole
-        # cost in the request path, and every microsecond here is one of the view's.
-        with _LOCK:
-            conn = self._conn()
-            try:
-                conn.execute("BEGIN")
+        if not records:
+            return []
+        eid = records[0].event_id
+        # The common call (track()): one event, any number of platforms. One statement,
+        # committed on its own (autocommit), is the whole cost in the request path.
+        if all(r.event_id == eid for r in records):
+            with _LOCK:
+                conn = self._conn()
                 try:
-                    # Fast path: one executemany; its rowcount tells whether all were new.
-                    if conn.executemany(_INSERT, rows).rowcount == len(rows):
-                        added = [True] * len(rows)
-                    else:
-                        # Some were duplicates (rare): undo, insert one by one to know which.
-                        conn.execute("ROLLBACK")
-                        conn.execute("BEGIN")
-                        added = [conn.execute(_INSERT, row).rowcount == 1 for row in rows]
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise OutboxError(f"outbox write failed: {exc}") from exc
+                    return self._add_event(conn, eid, records, now)
+                except sqlite3.Error as exc:
+                    raise OutboxError(f"outbox write failed: {exc}") from exc
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(records):
+            groups.setdefault(r.event_id, []).append(i)
+        added = [False] * len(records)
+        with self._tx() as conn:
+            for event_id, indexes in groups.items():
+                flags = self._add_event(conn, event_id, [records[i] for i in indexes], now)
+                for i, flag in zip(indexes, flags, strict=True):
+                    added[i] = flag
         return added
+
+    def _add_event(
+        self, conn: sqlite3.Connection, eid: str, records: Sequence[NewRecord], now: float
+    ) -> list[bool]:
+        """Write one event's new records as one ``events`` row; per record, True if new."""
+        recent = self._recent
+        seen, at = recent.get(eid, _NOT_SEEN)
+        if seen and now - at > self.options.retention:
+            seen = None  # its records may have been pruned since: ask the store
+        fresh = [r for r in records if r.platform not in seen] if seen else list(records)
+        if fresh:
+            first = fresh[0]
+            row = (eid, first.event_name, first.event_time, now, *_pack(fresh))
+            if conn.execute(_EVENT_INSERT, (*row, eid)).rowcount != 1:
+                # Some platform already has a delivery of this event: queue the others only.
+                queued = {
+                    p
+                    for (p,) in conn.execute(
+                        "SELECT platform FROM deliveries WHERE event_id = ?", (eid,)
+                    )
+                }
+                fresh = [r for r in fresh if r.platform not in queued]
+                if fresh:
+                    conn.execute(_EVENT_INSERT_ANY, (*row[:4], *_pack(fresh)))
+                seen = (seen or frozenset()) | queued
+        new = {r.platform for r in fresh}
+        if new:
+            recent.pop(eid, None)
+            recent[eid] = ((seen or frozenset()) | new, now)
+            if len(recent) > _RECENT_IDS:
+                del recent[next(iter(recent))]
+        if len(fresh) == len(records):
+            return [True] * len(records)
+        kept = {id(r) for r in fresh}
+        return [id(r) in kept for r in records]
+
+    def _move(
+        self,
+        conn: sqlite3.Connection,
+        limit: int = _MOVE_BATCH,
+        lease: tuple[str, float, str] | None = None,
+    ) -> tuple[int, list[Claimed] | None]:
+        """Make the deliveries of up to ``limit`` new events (inside the caller's write
+        transaction). Returns how many events were done and, with ``lease`` = (platform,
+        until, token), that platform's new deliveries, made already leased: a claim needs
+        no second write and no read-back for them. ``None`` instead of that list means
+        some deliveries were copies (dropped): the caller reads its leased ones back."""
+        upto = conn.execute("SELECT upto FROM moved").fetchone()[0]
+        mine, until, token = lease or ("", 0.0, "")
+        rows = conn.execute(
+            _NEW_EVENTS_WITH_ITEMS if mine else _NEW_EVENTS, (upto, limit)
+        ).fetchall()
+        if not rows:
+            return 0, []
+        out: list[tuple[Any, ...]] = []
+        claimed: list[Claimed] = []
+        # Explicit ids, so the leased ones are known without reading them back.
+        next_id = (conn.execute("SELECT max(id) FROM deliveries").fetchone()[0] or 0) + 1
+        for row in rows:
+            ref, eid, created, heads = row[:4]
+            start = 1  # SQL's substr() counts from 1
+            for platform, key, length in loads(heads):
+                if platform == mine:
+                    out.append(
+                        (next_id, ref, start, length, platform, eid, key, created, until, token)
+                    )
+                    # Cut by length, not split by RS: exact whatever the item holds.
+                    text = row[6][start - 1 : start - 1 + length]
+                    claimed.append(
+                        Claimed(
+                            str(next_id),
+                            platform,
+                            eid,
+                            row[4],
+                            key,
+                            row[5],
+                            None,
+                            0,
+                            created,
+                            token,
+                            item_json=text,
+                        )
+                    )
+                else:
+                    out.append(
+                        (next_id, ref, start, length, platform, eid, key, created, created, None)
+                    )
+                next_id += 1
+                start += length + 1
+        made = conn.executemany(_DELIVERY_INSERT, out).rowcount
+        last = rows[-1][0]
+        conn.execute("UPDATE moved SET upto = ?", (last,))
+        if made == len(out):
+            return len(rows), claimed
+        # Copies of events already queued: their rows hold nothing else to send.
+        conn.execute(
+            "DELETE FROM events WHERE id BETWEEN ? AND ?"
+            " AND id < (SELECT max(id) FROM events)"
+            " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_ref = events.id)",
+            (rows[0][0], last),
+        )
+        return len(rows), None
+
+    def _move_all(self) -> None:
+        """Make every new event's deliveries (reads that count or list them need it), one
+        bounded transaction at a time."""
+        while True:
+            with self._tx(immediate=True) as conn:
+                if self._move(conn)[0] < _MOVE_BATCH:
+                    return
 
     def claim(self, platform: str, limit: int, lease_seconds: float, now: float) -> list[Claimed]:
         token = new_token()
@@ -283,18 +456,49 @@ class SQLiteOutbox(Outbox):
             self._local.claims = True
         until = now + lease_seconds
         with self._tx(immediate=True) as conn:
-            if conn.execute(_CLAIM_MARK, (until, token, platform, now, limit)).rowcount <= 0:
-                return []
-            count, metas_json, items_text = conn.execute(
-                _CLAIMED_ONE_ROW, (platform, until, token)
-            ).fetchone()
-            metas: list[list[Any]] = loads(metas_json) if count else []
-            items = items_text.split(_RS) if count else []
-            if len(items) != count or len(metas) != count:
-                # An item holding RS (not written by this library): read row by row.
-                rows = conn.execute(_CLAIMED_ROWS, (platform, until, token)).fetchall()
-                metas = [[r[0], r[1], r[2], r[3], r[4], r[6], r[7]] for r in rows]
-                items = [r[5] for r in rows]
+            # Due deliveries first (retries, expired leases, ones made by another claim),
+            # then new events, whose deliveries of this platform are made leased.
+            marked = max(
+                conn.execute(_CLAIM_MARK, (until, token, platform, now, limit)).rowcount, 0
+            )
+            # None: read the leased records back at the end instead of building them here.
+            claimed: list[Claimed] | None = None if marked else []
+            budget = limit - marked
+            moved = 0
+            while budget > 0 and moved < _MOVE_BATCH:
+                # One event holds at most one delivery per platform: ``budget`` events
+                # cannot lease more than the budget.
+                n, fresh = self._move(
+                    conn, min(budget, _MOVE_BATCH - moved), (platform, until, token)
+                )
+                if not n:
+                    break
+                moved += n
+                if fresh is None:
+                    claimed = None
+                    budget -= n  # at most n were leased
+                else:
+                    budget -= len(fresh)
+                    if claimed is not None:
+                        claimed.extend(fresh)
+            if claimed is None:
+                claimed = self._read_claimed(conn, platform, until, token)
+        return claimed
+
+    def _read_claimed(
+        self, conn: sqlite3.Connection, platform: str, until: float, token: str
+    ) -> list[Claimed]:
+        """The records leased by this claim, read back (one row, see _CLAIMED_ONE_ROW)."""
+        count, metas_json, items_text = conn.execute(
+            _CLAIMED_ONE_ROW, (platform, until, token)
+        ).fetchone()
+        metas: list[list[Any]] = loads(metas_json) if count else []
+        items = items_text.split(_RS) if count else []
+        if len(items) != count or len(metas) != count:
+            # An item holding RS (not written by this library): read row by row.
+            rows = conn.execute(_CLAIMED_ROWS, (platform, until, token)).fetchall()
+            metas = [list(r[:7]) for r in rows]
+            items = [r[7] for r in rows]
         # The item stays JSON text: parsed only if read (see Claimed).
         return [
             Claimed(
@@ -335,7 +539,7 @@ class SQLiteOutbox(Outbox):
             for i in range(0, len(ids), 500):
                 part = ids[i : i + 500]
                 conn.execute(
-                    "UPDATE outbox SET status = 'delivered', attempts = attempts + 1,"
+                    "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1,"
                     " updated_at = ?, lease = NULL, last_status = ?, last_response = ?,"
                     f" last_error = NULL WHERE status != 'delivered' AND id IN"
                     f" ({','.join('?' * len(part))})",
@@ -353,9 +557,9 @@ class SQLiteOutbox(Outbox):
         text = excerpt(response)
         with self._tx() as conn:
             conn.executemany(
-                "UPDATE outbox SET status = 'retrying', attempts = attempts + 1, updated_at = ?,"
-                " next_attempt_at = ?, lease = NULL, last_status = ?, last_response = ?,"
-                " last_error = ? WHERE id = ? AND lease = ?"
+                "UPDATE deliveries SET status = 'retrying', attempts = attempts + 1,"
+                " updated_at = ?, next_attempt_at = ?, lease = NULL, last_status = ?,"
+                " last_response = ?, last_error = ? WHERE id = ? AND lease = ?"
                 " AND status IN ('pending', 'retrying')",
                 [
                     (now, when, status, text, error, int(c.record_id), c.lease)
@@ -374,7 +578,7 @@ class SQLiteOutbox(Outbox):
         text = excerpt(response)
         with self._tx() as conn:
             conn.executemany(
-                "UPDATE outbox SET status = 'dead', attempts = attempts + 1, updated_at = ?,"
+                "UPDATE deliveries SET status = 'dead', attempts = attempts + 1, updated_at = ?,"
                 " lease = NULL, last_status = ?, last_response = ?, last_error = ?"
                 " WHERE id = ? AND lease = ? AND status IN ('pending', 'retrying')",
                 [(now, status, text, reason, int(c.record_id), c.lease) for c in records],
@@ -383,8 +587,8 @@ class SQLiteOutbox(Outbox):
     def release(self, records: Sequence[Claimed], now: float) -> None:
         with self._tx() as conn:
             conn.executemany(
-                "UPDATE outbox SET next_attempt_at = ?, lease = NULL WHERE id = ? AND lease = ?"
-                " AND status IN ('pending', 'retrying')",
+                "UPDATE deliveries SET next_attempt_at = ?, lease = NULL WHERE id = ?"
+                " AND lease = ? AND status IN ('pending', 'retrying')",
                 [(now, int(c.record_id), c.lease) for c in records],
             )
 
@@ -396,19 +600,17 @@ class SQLiteOutbox(Outbox):
             raise OutboxError(f"outbox read failed: {exc}") from exc
 
     def recent(self, limit: int = 100) -> list[DeliveryView]:
-        rows = self._select(f"SELECT {_VIEW_COLS} FROM outbox ORDER BY id DESC LIMIT ?", (limit,))
+        self._move_all()
+        rows = self._select(f"{_VIEW} ORDER BY d.id DESC LIMIT ?", (limit,))
         return [_view(r) for r in rows]
 
     def dead_letters(self, limit: int = 100) -> list[DeliveryView]:
-        rows = self._select(
-            f"SELECT {_VIEW_COLS} FROM outbox WHERE status = 'dead' ORDER BY id DESC LIMIT ?",
-            (limit,),
-        )
+        rows = self._select(f"{_VIEW} WHERE d.status = 'dead' ORDER BY d.id DESC LIMIT ?", (limit,))
         return [_view(r) for r in rows]
 
     def retry_dead(self, record_ids: Sequence[str] | None, now: float) -> int:
         sql = (
-            "UPDATE outbox SET status = 'retrying', attempts = 0, next_attempt_at = ?,"
+            "UPDATE deliveries SET status = 'retrying', attempts = 0, next_attempt_at = ?,"
             " updated_at = ?, lease = NULL WHERE status = 'dead'"
         )
         with self._tx() as conn:
@@ -421,8 +623,9 @@ class SQLiteOutbox(Outbox):
             return n
 
     def stats(self, now: float) -> dict[str, dict[str, float]]:
+        self._move_all()
         rows = self._select(
-            "SELECT platform, status, count(*), min(created_at) FROM outbox"
+            "SELECT platform, status, count(*), min(created_at) FROM deliveries"
             " GROUP BY platform, status",
             (),
         )
@@ -455,16 +658,27 @@ class SQLiteOutbox(Outbox):
         return found if isinstance(found, dict) else None
 
     def prune(self, now: float) -> int:
+        old = (
+            "FROM deliveries WHERE (status = 'delivered' AND updated_at < ?)"
+            " OR (status = 'dead' AND updated_at < ?)"
+        )
+        args = (now - self.options.retention, now - self.options.dead_retention)
         with self._tx() as conn:
-            n = conn.execute(
-                "DELETE FROM outbox WHERE status = 'delivered' AND updated_at < ?",
-                (now - self.options.retention,),
-            ).rowcount
-            n += conn.execute(
-                "DELETE FROM outbox WHERE status = 'dead' AND updated_at < ?",
-                (now - self.options.dead_retention,),
-            ).rowcount
+            refs = [r for (r,) in conn.execute(f"SELECT DISTINCT event_ref {old}", args)]
+            n = conn.execute(f"DELETE {old}", args).rowcount
+            # Then the events none of whose deliveries is left. Never the newest event:
+            # new rowids must stay above ``moved.upto``.
+            for i in range(0, len(refs), 500):
+                part = refs[i : i + 500]
+                conn.execute(
+                    f"DELETE FROM events WHERE id IN ({','.join('?' * len(part))})"
+                    " AND id < (SELECT max(id) FROM events)"
+                    " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_ref = events.id)",
+                    part,
+                )
             n += conn.execute("DELETE FROM links WHERE expires_at <= ?", (now,)).rowcount
+        # Pruned event ids may be queued again: forget what this process saw.
+        self._recent.clear()
         return n
 
     def close(self) -> None:
@@ -476,3 +690,10 @@ class SQLiteOutbox(Outbox):
 
     def __repr__(self) -> str:
         return f"SQLiteOutbox({self.path!r})"
+
+
+def _pack(records: Sequence[NewRecord]) -> tuple[str, str]:
+    """``heads`` and ``items`` of an ``events`` row (see _EVENT_INSERT)."""
+    texts = [dumps(r.item) for r in records]
+    heads = dumps([[r.platform, r.batch_key, len(t)] for r, t in zip(records, texts, strict=True)])
+    return heads, _RS.join(texts)
