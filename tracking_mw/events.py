@@ -37,7 +37,7 @@ _USER_FIELDS = (
 _USER_FIELD_SET = frozenset(_USER_FIELDS)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True, init=False)
 class UserData:
     """What the site knows about the person converting. Raw values; adapters normalize/hash."""
 
@@ -53,14 +53,43 @@ class UserData:
     date_of_birth: str | None = None
     gender: str | None = None
 
-    def __post_init__(self) -> None:
-        for name in _USER_FIELDS:
-            v = getattr(self, name)
+    # Written out rather than generated: a frozen dataclass sets each field through
+    # object.__setattr__, and every track() builds one of these.
+    def __init__(
+        self,
+        *,
+        email: str | None = None,
+        phone: str | None = None,
+        first_name: str | None = None,
+        last_name: str | None = None,
+        city: str | None = None,
+        state: str | None = None,
+        zip: str | None = None,
+        country: str | None = None,
+        external_id: str | None = None,
+        date_of_birth: str | None = None,
+        gender: str | None = None,
+    ) -> None:
+        values = {
+            "email": email,
+            "phone": phone,
+            "first_name": first_name,
+            "last_name": last_name,
+            "city": city,
+            "state": state,
+            "zip": zip,
+            "country": country,
+            "external_id": external_id,
+            "date_of_birth": date_of_birth,
+            "gender": gender,
+        }
+        for name, v in values.items():
             if v is not None and v.__class__ is not str and not isinstance(v, str):
                 if isinstance(v, int) and not isinstance(v, bool):
-                    object.__setattr__(self, name, str(v))
+                    values[name] = str(v)
                 else:
                     raise InvalidEvent(f"user.{name} must be a string", field=f"user.{name}")
+        self.__dict__.update(values)
 
     @classmethod
     def coerce(cls, value: UserData | Mapping[str, Any] | None) -> UserData:
@@ -102,14 +131,21 @@ def _decimal(value: Any) -> Decimal | None:
     return d
 
 
-@dataclass(frozen=True, kw_only=True)
+_NO_USER = UserData()
+
+
+@dataclass(frozen=True, kw_only=True, init=False)
 class Event:
-    """One conversion. ``event_id`` deduplicates it everywhere (defaults to a new UUID)."""
+    """One conversion. ``event_id`` deduplicates it everywhere (defaults to a new UUID).
+
+    ``None`` for ``user``, ``properties``, ``event_id`` or ``event_time`` means the default
+    (no user data, no properties, a new UUID, now).
+    """
 
     name: str
     value: Decimal | None = None
     currency: str | None = None
-    user: UserData = field(default_factory=UserData)
+    user: UserData = _NO_USER
     contents: Sequence[Mapping[str, Any]] = ()
     properties: Mapping[str, Any] = field(default_factory=dict)
     event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -117,59 +153,86 @@ class Event:
     event_time: float = field(default_factory=time.time)
     event_source_url: str | None = None
 
-    def __post_init__(self) -> None:
-        # Runs in every track() call: fields already in their final form are not set again.
-        set_ = object.__setattr__
-        name = self.name
+    # Written out rather than generated (with a __post_init__): runs in every track() call,
+    # and a frozen dataclass sets each field through object.__setattr__.
+    def __init__(
+        self,
+        *,
+        name: str,
+        value: Decimal | float | int | str | None = None,
+        currency: str | None = None,
+        user: UserData | Mapping[str, Any] | None = None,
+        contents: Sequence[Mapping[str, Any]] = (),
+        properties: Mapping[str, Any] | None = None,
+        event_id: str | None = None,
+        event_time: float | datetime.datetime | None = None,
+        event_source_url: str | None = None,
+    ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise InvalidEvent("event name must be a non-empty string", field="name")
-        stripped = name.strip()
-        if stripped != name:
-            set_(self, "name", stripped)
-        if self.value is not None:
-            set_(self, "value", _decimal(self.value))
-        if self.currency is not None:
-            cur = str(self.currency).strip().upper()
+        name = name.strip()
+        if value is not None:
+            value = _decimal(value)
+        if currency is not None:
+            cur = str(currency).strip().upper()
             if len(cur) != 3 or not cur.isalpha() or not cur.isascii():
                 raise InvalidEvent(
-                    f"currency {self.currency!r} is not an ISO 4217 code", field="currency"
+                    f"currency {currency!r} is not an ISO 4217 code", field="currency"
                 )
-            set_(self, "currency", cur)
-        if not isinstance(self.user, UserData):
-            set_(self, "user", UserData.coerce(self.user))
-        event_id = self.event_id
-        if not isinstance(event_id, str) or not event_id.strip():
+            currency = cur
+        if user is None:
+            user = _NO_USER
+        elif user.__class__ is not UserData:
+            user = UserData.coerce(user)
+        if event_id is None:
+            event_id = str(uuid.uuid4())
+        elif not isinstance(event_id, str) or not event_id.strip():
             raise InvalidEvent("event_id must be a non-empty string", field="event_id")
-        if len(event_id) > 128:
+        elif len(event_id) > 128:
             raise InvalidEvent("event_id is longer than 128 characters", field="event_id")
-        when: Any = self.event_time
-        if when.__class__ is float and when == when:
-            pass  # the default (time.time()) and the common case
-        elif isinstance(when, datetime.datetime):
-            # A naive datetime is taken as UTC: servers and payment webhooks mostly log UTC.
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=datetime.UTC)
-            set_(self, "event_time", when.timestamp())
-        elif isinstance(when, bool) or not isinstance(when, (int, float)) or when != when:
-            raise InvalidEvent("event_time must be Unix seconds or a datetime", field="event_time")
-        else:
-            set_(self, "event_time", float(when))
-        if self.event_time > time.time() + 300:
-            hint = " (milliseconds instead of seconds?)" if self.event_time > 1e11 else ""
+        now = time.time()
+        when: Any = now if event_time is None else event_time
+        if when.__class__ is not float or when != when:
+            if isinstance(when, datetime.datetime):
+                # A naive datetime is taken as UTC: servers and payment webhooks mostly log UTC.
+                if when.tzinfo is None:
+                    when = when.replace(tzinfo=datetime.UTC)
+                when = when.timestamp()
+            elif isinstance(when, bool) or not isinstance(when, (int, float)) or when != when:
+                raise InvalidEvent(
+                    "event_time must be Unix seconds or a datetime", field="event_time"
+                )
+            else:
+                when = float(when)
+        if when > now + 300:
+            hint = " (milliseconds instead of seconds?)" if when > 1e11 else ""
             raise InvalidEvent(f"event_time is in the future{hint}", field="event_time")
-        if self.event_time <= 0:
+        if when <= 0:
             raise InvalidEvent("event_time must be after 1970", field="event_time")
-        if not isinstance(self.properties, Mapping):
+        if properties is None:
+            properties = {}
+        elif not isinstance(properties, Mapping):
             raise InvalidEvent("properties must be a dict", field="properties")
-        # Shallow copies, so the caller changing its dicts later cannot change the event.
-        set_(self, "properties", dict(self.properties))
-        contents = self.contents
+        else:
+            # Shallow copies, so the caller changing its dicts later cannot change the event.
+            properties = dict(properties)
         if contents.__class__ is not tuple or contents:  # () is the default: nothing to do
             if isinstance(contents, (str, bytes)) or not all(
                 isinstance(c, Mapping) for c in contents
             ):
                 raise InvalidEvent("contents must be a list of dicts", field="contents")
-            set_(self, "contents", tuple(dict(c) for c in contents))
+            contents = tuple(dict(c) for c in contents)
+        self.__dict__.update(
+            name=name,
+            value=value,
+            currency=currency,
+            user=user,
+            contents=contents,
+            properties=properties,
+            event_id=event_id,
+            event_time=when,
+            event_source_url=event_source_url,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (value as a string so no precision is lost)."""

@@ -44,7 +44,7 @@ NO_CONSENT = "no consent"
 DUPLICATE = "duplicate event_id: already queued"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Receipt:
     """What ``track()`` did with one event.
 
@@ -59,6 +59,23 @@ class Receipt:
     skipped: Mapping[str, str] = field(default_factory=dict)
     duplicate: bool = False
     error: str | None = None
+
+    # Written out: one is built in every track() call (see Event.__init__ for why).
+    def __init__(
+        self,
+        event_id: str,
+        queued: tuple[str, ...] = (),
+        skipped: Mapping[str, str] | None = None,
+        duplicate: bool = False,
+        error: str | None = None,
+    ) -> None:
+        self.__dict__.update(
+            event_id=event_id,
+            queued=queued,
+            skipped={} if skipped is None else skipped,
+            duplicate=duplicate,
+            error=error,
+        )
 
     @property
     def ok(self) -> bool:
@@ -115,25 +132,22 @@ class Tracker:
                 raise TypeError("pass either an Event or a name with fields, not both")
             event = name_or_event
         else:
-            kw: dict[str, Any] = {"name": name_or_event, "value": value, "currency": currency}
-            if user is not None:
-                kw["user"] = UserData.coerce(user)
-            if contents:
-                kw["contents"] = contents
-            if properties is not None:
-                kw["properties"] = properties
-            if event_id is not None:
-                kw["event_id"] = event_id
-            if event_time is not None:
-                kw["event_time"] = event_time
-            if event_source_url is not None:
-                kw["event_source_url"] = event_source_url
-            event = Event(**kw)
+            event = Event(
+                name=name_or_event,
+                value=value,
+                currency=currency,
+                user=user,
+                contents=contents,
+                properties=properties,
+                event_id=event_id,
+                event_time=event_time,
+                event_source_url=event_source_url,
+            )
         validate_event(event)
         rt = self.runtime
-        explicit = attribution is not None or external_id is not None
-        if not explicit and state is not None and not state.consent:
-            return Receipt(event.event_id, (), dict.fromkeys(rt.adapters, NO_CONSENT))
+        eid = event.event_id
+        if state is not None and not state.consent and attribution is None and external_id is None:
+            return Receipt(eid, (), dict.fromkeys(rt.adapters, NO_CONSENT))
 
         records: list[NewRecord] = []
         skipped: dict[str, str] = {}
@@ -154,28 +168,30 @@ class Tracker:
                 )
                 skipped[name] = f"adapter error: {type(exc).__name__}"
                 continue
-            records.append(NewRecord(name, event.event_id, event.name, key, event.event_time, item))
+            records.append(NewRecord(name, eid, event.name, key, event.event_time, item))
         if not records:
-            return Receipt(event.event_id, (), skipped)
+            return Receipt(eid, (), skipped)
 
         try:
             added = rt.outbox.add(records, time.time())
         except Exception as exc:
-            return self._failed(event.event_id, records, skipped, exc)
+            return self._failed(eid, records, skipped, exc)
         if self._failing:
             self._failing = False
             log.warning("tracking_mw: the outbox accepts events again")
-        queued: list[str] = []
-        duplicate = False
-        for record, new in zip(records, added, strict=True):
-            if new:
-                queued.append(record.platform)
-            else:
-                duplicate = True
-                skipped[record.platform] = DUPLICATE
-        if queued:
+        if all(added):
+            queued = tuple([r.platform for r in records])
             rt.metrics.add_each(queued, "accepted")
-        return Receipt(event.event_id, tuple(queued), skipped, duplicate)
+            return Receipt(eid, queued, skipped)
+        new: list[str] = []
+        for record, fresh in zip(records, added, strict=True):
+            if fresh:
+                new.append(record.platform)
+            else:
+                skipped[record.platform] = DUPLICATE
+        if new:
+            rt.metrics.add_each(new, "accepted")
+        return Receipt(eid, tuple(new), skipped, True)
 
     def _failed(
         self, event_id: str, records: list[NewRecord], skipped: dict[str, str], exc: Exception

@@ -25,7 +25,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 from .._errors import ConfigurationError
@@ -52,6 +52,7 @@ DEAD = "dead"
 
 #: The platform's answer kept for the inspector is cut to this many characters.
 RESPONSE_EXCERPT = 2048
+
 
 def excerpt(text: str | bytes | None) -> str | None:
     """At most ``RESPONSE_EXCERPT`` characters of a platform's answer, for the inspector."""
@@ -83,9 +84,12 @@ def new_token() -> str:
     return secrets.token_hex(8)
 
 
-@dataclass(frozen=True, slots=True)
-class NewRecord:
-    """What ``track()`` hands to the outbox: one platform's item for one event."""
+class NewRecord(NamedTuple):
+    """What ``track()`` hands to the outbox: one platform's item for one event.
+
+    A named tuple: built in every ``track()`` call, for every platform, and a tuple is
+    several times cheaper to build than a frozen dataclass.
+    """
 
     platform: str
     event_id: str
