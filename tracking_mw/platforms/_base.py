@@ -26,6 +26,7 @@ from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
 from .._errors import ConfigurationError
+from .._json import dumps_bytes
 from .._normalize import json_number
 from ..attribution import Attribution
 from ..events import Event
@@ -132,13 +133,9 @@ def default_classification(status: int, headers: Mapping[str, str]) -> Outcome |
     return None
 
 
-# One encoder object: json.dumps() with keyword arguments builds a new one on every call.
-_json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
 def json_bytes(obj: Any) -> bytes:
     """Compact UTF-8 JSON, the body every JSON platform gets."""
-    return _json_encode(obj).encode("utf-8")
+    return dumps_bytes(obj)
 
 
 # urllib.parse.quote_plus() leaves these bytes as they are; a space becomes "+".

@@ -19,12 +19,12 @@ is a 2xx body that is not JSON: a gateway page is not a verdict on the event.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._errors import ConfigurationError
+from .._json import dumps as _dumps
 from .._normalize import json_number
 from ..attribution import Attribution
 from ..config import KwaiConfig, Settings
@@ -84,8 +84,6 @@ KWAI_EVENTS = frozenset(
     }
 )
 _KWAI_NAME = re.compile(r"^EVENT_[A-Z0-9_]+$")
-# One encoder object: json.dumps() with keyword arguments builds a new one on every call.
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _PERMANENT = {
     10001: "missing parameter",
     10002: "parameter type error",

@@ -23,6 +23,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._json import dumps as _dumps
 from .._normalize import json_number, meta_hash_cached, normalize_ip_cached
 from ..attribution import Attribution
 from ..config import MetaConfig, Settings
@@ -53,8 +54,6 @@ _HEADERS = {
     "Content-Type": "application/x-www-form-urlencoded",
     "Accept": "application/json",
 }
-# One encoder object: json.dumps() with keyword arguments builds a new one on every call.
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _HASHED_FIELDS = (
     ("em", "email"),
     ("ph", "phone"),
@@ -68,6 +67,8 @@ _HASHED_FIELDS = (
     ("country", "country"),
     ("external_id", "external_id"),
 )
+
+_KEY_OF = {attr: key for key, attr in _HASHED_FIELDS}
 
 
 class MetaAdapter(Adapter):
@@ -93,9 +94,10 @@ class MetaAdapter(Adapter):
         user: dict[str, Any] = {}
         region = self.settings.phone_region
         data = event.user
-        for key, attr in _HASHED_FIELDS:
-            raw = getattr(data, attr)
-            if raw is not None:
+        # The set fields only (most are None), in UserData's field order.
+        for attr, raw in data.__dict__.items():
+            key = _KEY_OF.get(attr)
+            if raw is not None and key is not None:
                 hashed = meta_hash_cached(key, raw, region)
                 if hashed is not None:
                     user[key] = hashed
