@@ -162,7 +162,8 @@ _DELIVERY_INSERT = (
 # lock (a track() in another process waits for it) when a backlog has built up.
 _MOVE_BATCH = 2_000
 # Event ids this process queued lately, and for which platforms: a duplicate from the same
-# process is reported without a read. Bounded; the unique key is what guarantees "once".
+# process is reported without a read. Bounded (10,000 to 20,000 ids); the unique key is
+# what guarantees "once".
 _RECENT_IDS = 10_000
 _NOT_SEEN: tuple[frozenset[str] | None, float] = (None, 0.0)
 # A record's item, cut out of its event row.
@@ -247,7 +248,10 @@ class SQLiteOutbox(Outbox):
         # Connections of a parent process, kept referenced but never touched again after
         # fork: closing them in the child could disturb the parent's locks.
         self._orphans: list[sqlite3.Connection] = []
+        # Two generations (see _RECENT_IDS): dropping a whole dict is O(1), while deleting
+        # a dict's oldest keys one by one makes finding the next oldest ever slower.
         self._recent: dict[str, tuple[frozenset[str], float]] = {}
+        self._recent_old: dict[str, tuple[frozenset[str], float]] = {}
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise ConfigurationError(f"outbox directory does not exist: {directory}")
@@ -339,8 +343,7 @@ class SQLiteOutbox(Outbox):
         self, conn: sqlite3.Connection, eid: str, records: Sequence[NewRecord], now: float
     ) -> list[bool]:
         """Write one event's new records as one ``events`` row; per record, True if new."""
-        recent = self._recent
-        seen, at = recent.get(eid, _NOT_SEEN)
+        seen, at = self._recent.get(eid) or self._recent_old.get(eid) or _NOT_SEEN
         if seen and now - at > self.options.retention:
             seen = None  # its records may have been pruned since: ask the store
         fresh = [r for r in records if r.platform not in seen] if seen else list(records)
@@ -361,10 +364,10 @@ class SQLiteOutbox(Outbox):
                 seen = (seen or frozenset()) | queued
         new = {r.platform for r in fresh}
         if new:
-            recent.pop(eid, None)
+            recent = self._recent
             recent[eid] = ((seen or frozenset()) | new, now)
-            if len(recent) > _RECENT_IDS:
-                del recent[next(iter(recent))]
+            if len(recent) >= _RECENT_IDS:
+                self._recent_old, self._recent = recent, {}
         if len(fresh) == len(records):
             return [True] * len(records)
         kept = {id(r) for r in fresh}
@@ -678,7 +681,7 @@ class SQLiteOutbox(Outbox):
                 )
             n += conn.execute("DELETE FROM links WHERE expires_at <= ?", (now,)).rowcount
         # Pruned event ids may be queued again: forget what this process saw.
-        self._recent.clear()
+        self._recent, self._recent_old = {}, {}
         return n
 
     def close(self) -> None:
