@@ -6,8 +6,9 @@ was the largest share of ``track()`` after the commit itself. The output is the 
 either way (compact separators, UTF-8 kept as is); only the spelling of floats with an
 exponent differs (``1e+16`` vs ``1e16``), which every JSON parser reads alike.
 
-A value orjson refuses (an integer beyond 64 bits, say) goes through the stdlib encoder,
-which accepts or rejects it exactly as before.
+A value orjson refuses (an integer beyond 64 bits, a dict key that is not a string) goes
+through the stdlib encoder, which accepts or rejects it exactly as before. (orjson's own
+option for non-string keys slows down every dict, and the library's dicts have string keys.)
 """
 
 from __future__ import annotations
@@ -37,19 +38,18 @@ def _std_loads(text: str | bytes) -> Any:
 if orjson is not None:
     _odumps = orjson.dumps
     _oloads = orjson.loads
-    _OPTS = orjson.OPT_NON_STR_KEYS
 
     def dumps_bytes(obj: Any) -> bytes:
         """Compact JSON as UTF-8 bytes."""
         try:
-            return _odumps(obj, option=_OPTS)
+            return _odumps(obj)
         except TypeError:
             return _std_dumps_bytes(obj)
 
     def dumps(obj: Any) -> str:
         """Compact JSON text."""
         try:
-            return _odumps(obj, option=_OPTS).decode("utf-8")
+            return _odumps(obj).decode("utf-8")
         except TypeError:
             return _encode(obj)
 

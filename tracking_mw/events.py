@@ -16,6 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ._errors import InvalidEvent
+from ._normalize import json_number
 
 __all__ = ["Event", "UserData"]
 
@@ -35,6 +36,16 @@ _USER_FIELDS = (
 
 
 _USER_FIELD_SET = frozenset(_USER_FIELDS)
+_NO_FIELDS: dict[str, str | None] = dict.fromkeys(_USER_FIELDS)
+
+
+def _user_string(name: str, value: Any) -> str:
+    """A user field's value as a string: str (subclasses too) or int; anything else is bad."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise InvalidEvent(f"user.{name} must be a string", field=f"user.{name}")
 
 
 @dataclass(frozen=True, kw_only=True, init=False)
@@ -84,11 +95,8 @@ class UserData:
             "gender": gender,
         }
         for name, v in values.items():
-            if v is not None and v.__class__ is not str and not isinstance(v, str):
-                if isinstance(v, int) and not isinstance(v, bool):
-                    values[name] = str(v)
-                else:
-                    raise InvalidEvent(f"user.{name} must be a string", field=f"user.{name}")
+            if v is not None and v.__class__ is not str:
+                values[name] = _user_string(name, v)
         self.__dict__.update(values)
 
     @classmethod
@@ -98,14 +106,27 @@ class UserData:
             return cls()
         if isinstance(value, UserData):
             return value
-        if isinstance(value, Mapping):
+        if value.__class__ is dict or isinstance(value, Mapping):  # the ABC check is slow
             unknown = value.keys() - _USER_FIELD_SET
             if unknown:
                 raise InvalidEvent(
                     f"unknown user field(s): {', '.join(sorted(map(str, unknown)))}",
                     field="user",
                 )
-            return cls(**{k: v for k, v in value.items() if v is not None and v != ""})
+            if cls is not UserData:
+                return cls(**{k: v for k, v in value.items() if v is not None and v != ""})
+            # The common case (track(user={...})), without __init__'s keyword handling:
+            # every field None, then the given ones checked and set.
+            fields = _NO_FIELDS.copy()  # a copy is far cheaper than dict.fromkeys()
+            for k, v in value.items():
+                if v is None or v == "":
+                    continue
+                if v.__class__ is not str:
+                    v = _user_string(k, v)
+                fields[k] = v
+            obj = object.__new__(cls)
+            object.__setattr__(obj, "__dict__", fields)
+            return obj
         raise InvalidEvent("user must be a dict or UserData", field="user")
 
     def to_dict(self) -> dict[str, str]:
@@ -132,6 +153,7 @@ def _decimal(value: Any) -> Decimal | None:
 
 
 _NO_USER = UserData()
+_UNSET: Any = object()
 
 
 @dataclass(frozen=True, kw_only=True, init=False)
@@ -233,6 +255,16 @@ class Event:
             event_time=when,
             event_source_url=event_source_url,
         )
+
+    @property
+    def json_value(self) -> int | float | None:
+        """``value`` as the JSON number platforms get (int when whole), computed once: every
+        adapter that sends money asks for it."""
+        cached = self.__dict__.get("_json_value", _UNSET)
+        if cached is _UNSET:
+            cached = None if self.value is None else json_number(self.value)
+            self.__dict__["_json_value"] = cached
+        return cached  # type: ignore[no-any-return]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (value as a string so no precision is lost)."""

@@ -165,7 +165,7 @@ _MOVE_BATCH = 2_000
 # process is reported without a read. Bounded (10,000 to 20,000 ids); the unique key is
 # what guarantees "once".
 _RECENT_IDS = 10_000
-_NOT_SEEN: tuple[frozenset[str] | None, float] = (None, 0.0)
+_NONE: frozenset[str] = frozenset()
 # A record's item, cut out of its event row.
 _ITEM = "substr(e.items, d.item_start, d.item_len)"
 # A claim is two statements in one transaction: mark the due records with the lease, then
@@ -319,9 +319,12 @@ class SQLiteOutbox(Outbox):
         if not records:
             return []
         eid = records[0].event_id
-        # The common call (track()): one event, any number of platforms. One statement,
-        # committed on its own (autocommit), is the whole cost in the request path.
-        if all(r.event_id == eid for r in records):
+        for r in records:
+            if r.event_id != eid:
+                break
+        else:
+            # The common call (track()): one event, any number of platforms. One statement,
+            # committed on its own (autocommit), is the whole cost in the request path.
             with _LOCK:
                 conn = self._conn()
                 try:
@@ -343,31 +346,40 @@ class SQLiteOutbox(Outbox):
         self, conn: sqlite3.Connection, eid: str, records: Sequence[NewRecord], now: float
     ) -> list[bool]:
         """Write one event's new records as one ``events`` row; per record, True if new."""
-        seen, at = self._recent.get(eid) or self._recent_old.get(eid) or _NOT_SEEN
-        if seen and now - at > self.options.retention:
-            seen = None  # its records may have been pruned since: ask the store
-        fresh = [r for r in records if r.platform not in seen] if seen else list(records)
-        if fresh:
-            first = fresh[0]
-            row = (eid, first.event_name, first.event_time, now, *_pack(fresh))
-            if conn.execute(_EVENT_INSERT, (*row, eid)).rowcount != 1:
-                # Some platform already has a delivery of this event: queue the others only.
-                queued = {
-                    p
-                    for (p,) in conn.execute(
-                        "SELECT platform FROM deliveries WHERE event_id = ?", (eid,)
-                    )
-                }
-                fresh = [r for r in fresh if r.platform not in queued]
-                if fresh:
-                    conn.execute(_EVENT_INSERT_ANY, (*row[:4], *_pack(fresh)))
-                seen = (seen or frozenset()) | queued
-        new = {r.platform for r in fresh}
-        if new:
-            recent = self._recent
-            recent[eid] = ((seen or frozenset()) | new, now)
-            if len(recent) >= _RECENT_IDS:
-                self._recent_old, self._recent = recent, {}
+        seen: frozenset[str] = _NONE
+        fresh = records
+        known = self._recent.get(eid) or self._recent_old.get(eid)
+        # Older than the retention, its records may have been pruned: ask the store.
+        if known is not None and now - known[1] <= self.options.retention:
+            seen = known[0]
+            fresh = [r for r in records if r.platform not in seen]
+            if not fresh:
+                return [False] * len(records)
+        first = fresh[0]
+        heads, items = _pack(fresh)
+        if (
+            conn.execute(
+                _EVENT_INSERT, (eid, first.event_name, first.event_time, now, heads, items, eid)
+            ).rowcount
+            != 1
+        ):
+            # Some platform already has a delivery of this event: queue the others only.
+            queued = frozenset(
+                p
+                for (p,) in conn.execute(
+                    "SELECT platform FROM deliveries WHERE event_id = ?", (eid,)
+                )
+            )
+            seen = seen | queued
+            fresh = [r for r in fresh if r.platform not in queued]
+            if fresh:
+                conn.execute(
+                    _EVENT_INSERT_ANY, (eid, first.event_name, first.event_time, now, *_pack(fresh))
+                )
+        recent = self._recent
+        recent[eid] = (seen.union([r.platform for r in fresh]), now)
+        if len(recent) >= _RECENT_IDS:
+            self._recent_old, self._recent = recent, {}
         if len(fresh) == len(records):
             return [True] * len(records)
         kept = {id(r) for r in fresh}

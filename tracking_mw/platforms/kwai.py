@@ -25,7 +25,6 @@ from typing import Any
 
 from .._errors import ConfigurationError
 from .._json import dumps as _dumps
-from .._normalize import json_number
 from ..attribution import Attribution
 from ..config import KwaiConfig, Settings
 from ..events import Event
@@ -129,9 +128,9 @@ class KwaiAdapter(Adapter):
         item: dict[str, Any] = {"clickid": click_id, "event_name": name, "pixelId": pixel}
         if event.value is not None and event.currency is not None:
             item["currency"] = event.currency
-            item["value"] = json_number(event.value)
+            item["value"] = event.json_value
         props: dict[str, Any] = {"event_timestamp": round(event.event_time * 1000)}
-        contents = clean_contents(event.contents)
+        contents = clean_contents(event.contents) if event.contents else None
         if contents:
             props["content_type"] = "product"
             props["contents"] = [
@@ -139,7 +138,8 @@ class KwaiAdapter(Adapter):
             ]
             if len(contents) == 1 and "id" in contents[0]:
                 props["content_id"] = contents[0]["id"]
-        props.update(jsonable(event.properties) or {})
+        if event.properties:
+            props.update(jsonable(event.properties) or {})
         item["properties"] = _dumps(props)
         return item
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._json import dumps as _dumps
-from .._normalize import json_number, meta_hash_cached, normalize_ip_cached
+from .._normalize import meta_hash_cached, normalize_ip_cached
 from ..attribution import Attribution
 from ..config import MetaConfig, Settings
 from ..events import Event
@@ -152,13 +152,13 @@ class MetaAdapter(Adapter):
     @staticmethod
     def _custom_data(event: Event) -> dict[str, Any]:
         custom: dict[str, Any] = {}
-        props = jsonable(event.properties) or {}
-        custom.update(props)
+        if event.properties:
+            custom.update(jsonable(event.properties) or {})
         if event.value is not None:
-            custom["value"] = json_number(event.value)
+            custom["value"] = event.json_value
         if event.currency:
             custom["currency"] = event.currency
-        contents = clean_contents(event.contents)
+        contents = clean_contents(event.contents) if event.contents else None
         if contents:
             custom["contents"] = contents
             ids = [c["id"] for c in contents if "id" in c]

@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._normalize import json_number
 from ..attribution import Attribution
 from ..config import RoibestConfig, Settings
 from ..events import Event
@@ -66,7 +65,7 @@ class RoibestAdapter(Adapter):
         if event.currency:
             extra["currency"] = event.currency
         if event.value is not None:
-            extra["value"] = json_number(event.value)
+            extra["value"] = event.json_value
         item: dict[str, Any] = {"link_id": link_id, "event_name": name}
         if extra:
             item["extra"] = extra

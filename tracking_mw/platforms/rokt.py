@@ -27,7 +27,6 @@ from typing import Any
 
 from .._normalize import (
     is_hashed,
-    json_number,
     normalize_email,
     normalize_ip,
     phone_e164,
@@ -144,7 +143,7 @@ class RoktAdapter(Adapter):
         custom["conversiontype"] = conversion
         custom["confirmationref"] = event.event_id
         if event.value is not None:
-            custom["amount"] = json_number(event.value)
+            custom["amount"] = event.json_value
         if event.currency:
             custom["currency"] = event.currency
         contents = clean_contents(event.contents)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._normalize import is_hashed, json_number, meta_hash, normalize_ip, phone_e164, sha256_hex
+from .._normalize import is_hashed, meta_hash, normalize_ip, phone_e164, sha256_hex
 from ..attribution import Attribution
 from ..config import Settings, TiktokConfig
 from ..events import Event
@@ -104,7 +104,7 @@ class TiktokAdapter(Adapter):
         if event.currency:
             props["currency"] = event.currency
         if event.value is not None:
-            props["value"] = json_number(event.value)
+            props["value"] = event.json_value
         contents = clean_contents(event.contents)
         if contents:
             props["contents"] = [
