@@ -8,11 +8,17 @@ import os
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tracking_mw.attribution import LAST_SEEN_REFRESH, Touch, merge_touch, new_visitor_id
 from tracking_mw.capture import (
     MAX_ID_LENGTH,
     UTM_KEYS,
+    _capture,
+    _checked_params,
+    _param_caps,
+    _parse_query_text,
     build_fbc,
     build_fbp,
     capture,
@@ -293,3 +299,31 @@ def test_visitor_ids_differ_in_a_forked_child() -> None:
     os.close(read_end)
     assert re.fullmatch(r"[A-Za-z0-9_-]{22}", child)
     assert child != new_visitor_id()
+
+
+# The middleware parses a URL-safe query as text, and one without "%" or "+" straight into
+# validated values; both must give exactly what parse_query followed by capture gives.
+_PLAIN_CHARS = "ab_=&%+-.~1;" + "click_id=" + "pixel_id="
+_PIECES = ["click_id=", "pixel_id=", "bbg=", "fbclid=", "utm_source=", "link_id=", "rb=", "&"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(_PIECES),
+            st.text(alphabet=_PLAIN_CHARS, max_size=8),
+            st.sampled_from(["x" * 600, "y" * 1100, "%41", "%ZZ", "+", "click%5Fid="]),
+        ),
+        max_size=12,
+    ),
+    st.sampled_from([None, "link_id", "rb"]),
+)
+def test_text_and_checked_query_paths_match_parse_query(parts: list[str], link: str | None) -> None:
+    text = "".join(parts)
+    names = query_names(link)
+    expected = capture(parse_query(text.encode(), names), {}, link_param=link)
+    assert _parse_query_text(text, frozenset(names)) == parse_query(text.encode(), names)
+    if "%" not in text and "+" not in text:
+        params = _checked_params(text, _param_caps(names))
+        assert _capture(params, {}, link, True) == expected

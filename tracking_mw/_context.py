@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 __all__ = ["RequestState", "current_attribution", "current_state"]
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestState:
     """Per-request state the middleware shares with view code.
 

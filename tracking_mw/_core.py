@@ -20,9 +20,8 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import MutableMapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote
 
 from ._context import RequestState
@@ -30,9 +29,12 @@ from .attribution import (
     ClientContext,
     Touch,
     _attribution,
-    _client,
+    _ids,
     _merge,
+    _new,
     _random16,
+    _set,
+    _touch,
     new_visitor_id,
 )
 from .capture import (
@@ -40,11 +42,14 @@ from .capture import (
     META_FBC_COOKIE,
     META_FBP_COOKIE,
     Incoming,
+    _capture,
+    _checked_params,
     _encoded_names,
+    _param_caps,
     _parse_query,
+    _parse_query_text,
     build_fbc,
     build_fbp,
-    capture,
     fbc_holds,
     is_cookie_safe,
     parse_cookies,
@@ -68,8 +73,10 @@ _HOST = re.compile(r"[A-Za-z0-9.\-_]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:
 # Characters kept verbatim when rebuilding a URL; anything else is percent-encoded.
 _PATH_SAFE = "/:@!$&'()*+,;=~%"
 _QUERY_SAFE = "/:@!$&'()*+,;=~%?"
-# Bytes that quote() would leave alone anyway: skip the call for them.
-_PLAIN = re.compile(rb"[A-Za-z0-9_.\-~/:@!$&'()*+,;=%?]*")
+# Bytes that quote() would leave alone anyway: skip the call for them. A query made only of
+# them is "plain"; deleting them (bytes.translate) is the quickest test for that.
+_PLAIN_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/:@!$&'()*+,;=%?"
+_PLAIN = re.compile(b"[" + re.escape(_PLAIN_BYTES) + b"]*")
 _MISSING: Any = object()
 _logged: set[str] = set()
 
@@ -92,16 +99,17 @@ def _clean(value: str | None, cap: int) -> str | None:
     return value
 
 
-@dataclass(slots=True)
-class RequestParts:
+class RequestParts(NamedTuple):
     """The raw request parts tracking needs, already extracted by the protocol glue.
 
-    ``path`` is the percent-encoded path; ``query`` the raw query string bytes.
+    ``path`` is the percent-encoded path; ``query`` the raw query string bytes; ``server``
+    is ``host:port`` or the ASGI ``(host, port)`` pair (formatted only when it is needed).
+    A named tuple: the ASGI glue builds it with ``tuple.__new__``, without a Python frame.
     """
 
     scheme: str
     host: str | None
-    server: str | None
+    server: str | tuple[Any, Any] | None
     path: str
     query: bytes
     cookie: str | None
@@ -110,14 +118,6 @@ class RequestParts:
     peer: str | None
     x_forwarded_for: str | None
     forwarded: str | None
-
-
-@dataclass(slots=True)
-class Outcome:
-    """The state to expose to the app and the ``Set-Cookie`` values to add to its response."""
-
-    state: RequestState
-    set_cookies: list[str]
 
 
 class Core:
@@ -130,6 +130,9 @@ class Core:
         self._link_param = settings.roibest.link_param if settings.roibest is not None else None
         self._query_names = query_names(self._link_param)
         self._wanted_query = _encoded_names(self._query_names)
+        self._wanted_text = frozenset(self._query_names)
+        self._caps = _param_caps(self._query_names)
+        self._consent = settings.consent
         self._cookie_names = frozenset((settings.cookie_name, *COOKIE_NAMES))
         self._cookie_name = settings.cookie_name
         self._trusted = settings.trusted_proxies
@@ -138,6 +141,9 @@ class Core:
         # Hosts already checked against _HOST (a site sees few): a dict lookup, not a regex.
         self._hosts: dict[str, bool] = {}
         self._agents: dict[str, str | None] = {}
+        # The bot flag per stored agent string (useragent.py caches the parse; this skips
+        # two calls to reach it on every landing).
+        self._bots: dict[str, bool] = {}
         meta_attrs = f"; Max-Age={int(settings.meta_cookie_max_age)}; Path=/"
         if settings.cookie_domain:
             meta_attrs += f"; Domain={settings.cookie_domain}"
@@ -149,7 +155,7 @@ class Core:
     # -- helpers -----------------------------------------------------------------------------
 
     def _consents(self, target: MutableMapping[str, Any]) -> bool:
-        hook = self.settings.consent
+        hook = self._consent
         if hook is None:
             return True
         try:
@@ -162,73 +168,115 @@ class Core:
             )
             return False
 
-    def _client(self, parts: RequestParts) -> ClientContext:
-        trusted = self._trusted
-        ip = (
-            resolve_client_ip(
-                parts.peer,
-                x_forwarded_for=parts.x_forwarded_for,
-                forwarded=parts.forwarded,
-                trusted=trusted,  # type: ignore[arg-type]
-            )
-            if trusted
-            else parts.peer
-        )
-        ua = parts.user_agent
-        if ua:
-            # A site sees the same agents over and over: remember what _clean made of them.
-            cleaned = self._agents.get(ua, _MISSING)
-            if cleaned is _MISSING:
-                cleaned = _clean(ua, MAX_USER_AGENT)
-                if len(self._agents) >= 4096:
-                    self._agents.clear()
-                if len(ua) <= MAX_USER_AGENT:
-                    self._agents[ua] = cleaned
-            ua = cleaned
-        else:
-            ua = None
-        return _client(
-            ip,
-            ua,
-            self._url(parts),
-            _clean(parts.referer, MAX_URL) if parts.referer else None,
-        )
+    def _agent(self, ua: str) -> str | None:
+        """The user agent as stored: ``_clean`` of it, remembered per agent string."""
+        # A site sees the same agents over and over: remember what _clean made of them.
+        cleaned = _clean(ua, MAX_USER_AGENT)
+        if len(self._agents) >= 4096:
+            self._agents.clear()
+        if len(ua) <= MAX_USER_AGENT:
+            self._agents[ua] = cleaned
+        return cleaned
 
-    def _url(self, parts: RequestParts) -> str:
-        host = parts.host
+    def _host(self, host: str | None, server: str | tuple[Any, Any] | None) -> str:
+        """The Host header if it is a plausible host name, else the server's address."""
         if host:
             ok = self._hosts.get(host)
             if ok is None:
+                # Hosts already checked (a site sees few): a dict lookup, not a regex.
                 ok = _HOST.fullmatch(host) is not None
                 if len(self._hosts) < 1024:
                     self._hosts[host] = ok
-            if not ok:
-                host = None
-        if not host:
-            host = parts.server or "localhost"
-        url = f"{parts.scheme}://{host}{parts.path}"
-        if parts.query:
-            q = parts.query[: MAX_URL * 2]
-            url += "?" + (q.decode("ascii") if _PLAIN.fullmatch(q) else quote(q, safe=_QUERY_SAFE))
-        return url[:MAX_URL]
+            if ok:
+                return host
+        if type(server) is not str:
+            server = f"{server[0]}:{server[1]}" if server and server[1] is not None else None
+        return server or "localhost"
 
     # -- the request -------------------------------------------------------------------------
 
-    def process(self, parts: RequestParts, target: MutableMapping[str, Any]) -> Outcome:
-        """Capture, merge and decide what to write for one request. Never raises on bad input."""
-        if self.settings.consent is not None and not self._consents(target):
-            return Outcome(RequestState(attribution=None, runtime=self.runtime, consent=False), [])
+    def process(
+        self, parts: RequestParts, target: MutableMapping[str, Any]
+    ) -> tuple[RequestState, list[str]]:
+        """Capture, merge and decide what to write for one request. Never raises on bad input.
+
+        Returns the state to expose to the app and the ``Set-Cookie`` values to add to its
+        response (none when nothing changed).
+        """
+        runtime = self.runtime
+        if self._consent is not None and not self._consents(target):
+            return RequestState(None, runtime, False), []
         now_f = time.time()
         now = int(now_f)
-        cookies = parse_cookies(parts.cookie, self._cookie_names) if parts.cookie else {}
-        stored = self.codec.decode(cookies.get(self._cookie_name), now) if cookies else None
-        params = _parse_query(parts.query, self._wanted_query) if parts.query else {}
+        raw_cookie = parts.cookie
+        if raw_cookie:
+            cookies = parse_cookies(raw_cookie, self._cookie_names)
+            stored = self.codec.decode(cookies.get(self._cookie_name), now) if cookies else None
+        else:
+            cookies, stored = {}, None
+
+        # The page URL (at most MAX_URL characters, URL-safe) and the query's parameters.
+        host = parts.host
+        if not host or not self._hosts.get(host):
+            host = self._host(host, parts.server)
+        query = parts.query
+        checked = False
+        params: Mapping[str, str | None]
+        if not query:
+            params = {}
+            url = f"{parts.scheme}://{host}{parts.path}"
+        elif len(query) <= MAX_URL * 2 and not query.translate(None, _PLAIN_BYTES):
+            # URL-safe ASCII, nearly every real query: decoded once, for the URL and the parse.
+            text = query.decode("ascii")
+            url = f"{parts.scheme}://{host}{parts.path}?{text}"
+            if "%" in text or "+" in text:
+                params = _parse_query_text(text, self._wanted_text)
+            else:
+                params = _checked_params(text, self._caps)
+                checked = True
+        else:
+            params = _parse_query(query, self._wanted_query)
+            q = query[: MAX_URL * 2]
+            safe = q.decode("ascii") if _PLAIN.fullmatch(q) else quote(q, safe=_QUERY_SAFE)
+            url = f"{parts.scheme}://{host}{parts.path}?{safe}"
+        if len(url) > MAX_URL:
+            url = url[:MAX_URL]
+
         if params or len(cookies) > (stored is not None):
-            found, utm = capture(params, cookies, link_param=self._link_param)
+            found, utm = _capture(params, cookies, self._link_param, checked)
         else:
             # The common later request: no parameters, no pixel cookies, nothing to capture.
             found, utm = {}, {}
-        client = self._client(parts)
+
+        ua = parts.user_agent
+        if ua:
+            agent = self._agents.get(ua, _MISSING)
+            if agent is _MISSING:
+                agent = self._agent(ua)
+        else:
+            agent = None
+        trusted = self._trusted
+        referer = parts.referer
+        # ClientContext(...) made as attribution._client makes it (a frozen dataclass's fields
+        # set at once), inline: this runs on every request.
+        client = _new(ClientContext)
+        _set(
+            client,
+            "__dict__",
+            {
+                "ip": resolve_client_ip(
+                    parts.peer,
+                    x_forwarded_for=parts.x_forwarded_for,
+                    forwarded=parts.forwarded,
+                    trusted=trusted,  # type: ignore[arg-type]
+                )
+                if trusted
+                else parts.peer,
+                "user_agent": agent,
+                "url": url,
+                "referrer": _clean(referer, MAX_URL) if referer else None,
+            },
+        )
 
         if self._meta_on:
             meta_found = found.get("meta")
@@ -238,20 +286,21 @@ class Core:
             need_fbp = meta_found.click_id is not None and "fbp" not in meta_found.extra
         else:
             need_fbp = False
-        if (found or need_fbp) and not self._capture_bots and is_bot(client.user_agent):
-            found, need_fbp = {}, False
+        if (found or need_fbp) and not self._capture_bots and agent:
+            bot = self._bots.get(agent)
+            if bot is None:
+                bot = is_bot(agent)
+                if len(self._bots) < 4096:
+                    self._bots[agent] = bot
+            if bot:
+                found, need_fbp = {}, False
 
         if not found and not need_fbp:
             if stored is None:
-                return Outcome(
-                    RequestState(_attribution(new_visitor_id(), {}, client), self.runtime, True), []
-                )
-            return Outcome(
-                RequestState(
-                    _attribution(stored.visitor_id, stored.touches, client), self.runtime, True
-                ),
-                [],
-            )
+                return RequestState(_attribution(new_visitor_id(), {}, client), runtime, True), []
+            return RequestState(
+                _attribution(stored.visitor_id, stored.touches, client), runtime, True
+            ), []
 
         set_cookies: list[str] = []
         if need_fbp or "meta" in found:
@@ -260,33 +309,55 @@ class Core:
             stored_meta = stored.touches.get("meta") if stored is not None else None
             self._meta_ids(meta, stored_meta, cookies, now_f, set_cookies)
 
-        touches: dict[str, Touch] = dict(stored.touches) if stored is not None else {}
-        url = client.url
-        landing = url[:MAX_LANDING_URL] if url else None
-        changed = False
-        for platform, inc in found.items():
-            touch, ch = _merge(
-                touches.get(platform),
-                platform,
-                inc.click_id,
-                inc.pixel_id,
-                inc.extra,
-                utm,
-                landing,
-                now,
-            )
-            if ch:
-                touches[platform] = touch
-                changed = True
+        landing = url[:MAX_LANDING_URL]
+        if stored is None:
+            # A first visit: every touch is new, as _merge makes it when nothing is stored.
+            # The request's own dicts go into the touch when no other touch shares them.
+            touches: dict[str, Touch] = {}
+            shared = len(found) > 1
+            for platform, inc in found.items():
+                click = inc.click_id
+                touches[platform] = _touch(
+                    platform,
+                    click,
+                    inc.pixel_id,
+                    now,
+                    now,
+                    landing,
+                    ({} if click is None else dict(utm) if shared else utm),
+                    inc.extra,
+                )
+            changed = True
+            try:
+                visitor = _ids.pop()  # new_visitor_id(), its common case inline
+            except IndexError:
+                visitor = new_visitor_id()
+        else:
+            touches = dict(stored.touches)
+            changed = False
+            for platform, inc in found.items():
+                touch, ch = _merge(
+                    touches.get(platform),
+                    platform,
+                    inc.click_id,
+                    inc.pixel_id,
+                    inc.extra,
+                    utm,
+                    landing,
+                    now,
+                )
+                if ch:
+                    touches[platform] = touch
+                    changed = True
+            visitor = stored.visitor_id
 
-        visitor = stored.visitor_id if stored is not None else new_visitor_id()
         attribution = _attribution(visitor, touches, client)
         if changed:
-            written = self.codec.set_cookie(attribution)
+            written = self.codec.set_cookie(attribution, now)
             if written is not None:
                 header, attribution = written
                 set_cookies.insert(0, header)
-        return Outcome(RequestState(attribution, self.runtime, True), set_cookies)
+        return RequestState(attribution, runtime, True), set_cookies
 
     def _meta_ids(
         self,

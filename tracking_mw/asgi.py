@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import quote
 
-from ._context import _state
-from ._core import Core, Outcome, RequestParts
+from ._context import RequestState, _state
+from ._core import Core, RequestParts
 from ._runtime import Runtime
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .config import Settings
@@ -57,30 +58,42 @@ def _parts(scope: Scope) -> RequestParts:
         elif i >= 4:
             found[i] = prev + ", " + text  # repeated forwarding headers form one list
     client = scope.get("client")
-    server = scope.get("server")
     raw_path = scope.get("raw_path")
     if raw_path:
-        path = _quote_raw(raw_path)
+        path = _paths.get(raw_path)
+        if path is None:
+            path = _quote_raw(raw_path)
+            if len(_paths) < 1024 and len(raw_path) <= 256:
+                _paths[raw_path] = path
     else:
         # Per the ASGI spec "path" already includes root_path.
         path = _quote_raw(str(scope.get("path") or "/").encode("utf-8", "surrogateescape"))
-    # Positional: a dozen keyword arguments cost more than building the rest of the object.
-    return RequestParts(
-        scope.get("scheme", "http"),
-        found[3],
-        f"{server[0]}:{server[1]}" if server and server[1] is not None else None,
-        path,
-        scope.get("query_string") or b"",
-        found[0],
-        found[1],
-        found[2],
-        client[0] if client else None,
-        found[4],
-        found[5],
+    # The server address goes as it is: it is formatted only if the Host header is unusable.
+    return _new_parts(
+        RequestParts,
+        (
+            scope.get("scheme", "http"),
+            found[3],
+            scope.get("server"),
+            path,
+            scope.get("query_string") or b"",
+            found[0],
+            found[1],
+            found[2],
+            client[0] if client else None,
+            found[4],
+            found[5],
+        ),
     )
 
 
+# RequestParts is a named tuple: its fields in order, straight into tuple.__new__.
+_new_parts = tuple.__new__
+
+
 _PLAIN_PATH = re.compile(rb"[A-Za-z0-9_.\-~/:@!$&'()*+,;=%]*")
+# Paths already quoted (a site's landing pages are few): a dict lookup instead of a regex.
+_paths: dict[bytes, str] = {}
 
 
 def _quote_raw(raw: bytes) -> str:
@@ -139,18 +152,19 @@ class TrackingMiddleware:
             return
         if not self._started:
             await self._startup()
+        state: RequestState | None
         try:
-            outcome: Outcome | None = self._core.process(_parts(scope), scope)
+            state, cookies = self._core.process(_parts(scope), scope)
         except Exception as exc:  # tracking must never break the host app
             logger.error("tracking_mw: request not tracked: %s", type(exc).__name__)
-            outcome = None
-        if outcome is None:
+            state = None
+        if state is None:
             await self.app(scope, receive, send)
             return
-        token = _state.set(outcome.state)
+        token = _state.set(state)
         try:
-            if outcome.set_cookies:
-                await self.app(scope, receive, _cookie_sender(send, outcome.set_cookies))
+            if cookies:
+                await self.app(scope, receive, _cookie_sender(send, cookies))
             else:
                 await self.app(scope, receive, send)
         finally:
@@ -224,12 +238,17 @@ class TrackingMiddleware:
 
 
 def _cookie_sender(send: Send, cookies: list[str]) -> Send:
-    encoded = [(b"set-cookie", c.encode("latin-1")) for c in cookies]
+    encoded = (
+        [(b"set-cookie", cookies[0].encode("latin-1"))]
+        if len(cookies) == 1
+        else [(b"set-cookie", c.encode("latin-1")) for c in cookies]
+    )
 
-    async def sender(message: Message) -> None:
+    # A plain function handing back the server's awaitable: no coroutine of its own per message.
+    def sender(message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             # A copy: the app may reuse its message (and its header list) for other responses.
             message = {**message, "headers": [*(message.get("headers") or ()), *encoded]}
-        await send(message)
+        return send(message)
 
     return sender

@@ -153,6 +153,60 @@ def _parse_query(query: bytes, wanted: frozenset[bytes]) -> dict[str, str]:
     return out
 
 
+def _parse_query_text(query: str, wanted: frozenset[str]) -> dict[str, str]:
+    """:func:`_parse_query` for a query already decoded as ASCII (same rules, same answers).
+
+    The middleware checks a query for URL-safe ASCII once, for the landing URL, and then
+    parses the text it has: no per-pair byte decoding.
+    """
+    out: dict[str, str] = {}
+    for pair in query.split("&"):
+        key, sep, value = pair.partition("=")
+        if key not in wanted:
+            if "%" not in key and "+" not in key:
+                continue
+            dk = _decode(key.encode("ascii"))
+            if dk is None or dk not in wanted:
+                continue
+            key = dk
+        if key in out or not sep:
+            continue
+        if "%" in value or "+" in value:
+            decoded = _decode(value.encode("ascii"))
+            if decoded is None:
+                continue
+            value = decoded
+        out[key] = value
+    return out
+
+
+def _param_caps(names: Iterable[str]) -> dict[str, int]:
+    """The longest valid value of each parameter :func:`capture` reads (see :func:`clean_id`)."""
+    caps = dict.fromkeys(names, MAX_ID_LENGTH)
+    caps["bbg"] = MAX_LONG_ID_LENGTH
+    caps.update(dict.fromkeys(UTM_KEYS, MAX_UTM_LENGTH))
+    return caps
+
+
+def _checked_params(query: str, caps: Mapping[str, int]) -> dict[str, str | None]:
+    """The wanted parameters (``caps``' names) of a query made of URL-safe printable ASCII
+    without ``%`` and ``+``, already validated for ``_capture(..., checked=True)``.
+
+    Such a query needs no decoding and holds no control characters, so a value is a valid
+    identifier when it is non-empty and within its cap. An invalid first occurrence is kept
+    as None, so a later copy of the parameter is ignored exactly as :func:`parse_query`
+    followed by :func:`clean_id` would ignore it.
+    """
+    out: dict[str, str | None] = {}
+    for pair in query.split("&"):
+        key, sep, value = pair.partition("=")
+        cap = caps.get(key)
+        if cap is None or not sep or key in out:
+            continue
+        out[key] = value if value and len(value) <= cap else None
+    return out
+
+
 def parse_cookies(header: str | None, names: Iterable[str]) -> dict[str, str]:
     """The values of ``names`` in a ``Cookie`` header; the first occurrence wins.
 
@@ -255,15 +309,41 @@ def capture(
     Meta's ``fbc``/``fbp`` construction needs the stored session and the clock, so it is done
     by the caller; here ``_fbc``/``_fbp`` are only validated and passed along.
     """
+    return _capture(params, cookies, link_param, False)
+
+
+def _capture(
+    params: Mapping[str, str | None],
+    cookies: Mapping[str, str],
+    link_param: str | None,
+    checked: bool,
+) -> tuple[dict[str, Incoming], dict[str, str]]:
+    """:func:`capture`; ``checked`` says the parameters are validated already (a value is a
+    valid identifier or UTM tag for its name, or None for absent), see :func:`_checked_params`.
+    """
     found: dict[str, Incoming] = {}
     get = params.get
-    # Most requests carry one platform's parameters: absent ones cost a lookup, not a call.
-    pixel = clean_id(v) if (v := get("pixel_id")) is not None else None
+    if checked:
+        pixel = get("pixel_id")
+        click = get("click_id")
+        bbg = get("bbg")
+        fbclid = get("fbclid")
+        rtid = get("rtid")
+        link = get(link_param) if link_param else None
+        ttclid = get("ttclid")
+    else:
+        # Most requests carry one platform's parameters: absent ones cost a lookup, not a call.
+        pixel = clean_id(v) if (v := get("pixel_id")) is not None else None
+        click = clean_id(v) if (v := get("click_id")) is not None else None
+        bbg = clean_id(v, MAX_LONG_ID_LENGTH) if (v := get("bbg")) is not None else None
+        fbclid = clean_id(v) if (v := get("fbclid")) is not None else None
+        rtid = clean_id(v) if (v := get("rtid")) is not None else None
+        link = clean_id(v) if link_param and (v := get(link_param)) is not None else None
+        ttclid = clean_id(v) if (v := get("ttclid")) is not None else None
 
-    if (v := get("click_id")) is not None and (click := clean_id(v)):
+    if click:
         found["kwai"] = Incoming("kwai", click, pixel)
 
-    bbg = clean_id(v, MAX_LONG_ID_LENGTH) if (v := get("bbg")) is not None else None
     from_url = bbg is not None
     if cookies:
         if bbg is None:
@@ -282,7 +362,6 @@ def capture(
             inc.extra["cookie_id"] = bigo_ci
         found["bigo"] = inc
 
-    fbclid = clean_id(v) if (v := get("fbclid")) is not None else None
     if fbclid is None and fbc is not None:
         # The Meta pixel saw a click we did not: its cookie carries the fbclid.
         fbclid = clean_id(fbclid_of(fbc))
@@ -294,13 +373,12 @@ def capture(
             inc.extra["fbp"] = fbp
         found["meta"] = inc
 
-    if (v := get("rtid")) is not None and (rtid := clean_id(v)):
+    if rtid:
         found["rokt"] = Incoming("rokt", rtid)
 
-    if link_param and (v := get(link_param)) is not None and (link := clean_id(v)):
+    if link:
         found["roibest"] = Incoming("roibest", link)
 
-    ttclid = clean_id(v) if (v := get("ttclid")) is not None else None
     if ttclid is not None or ttp is not None:
         inc = Incoming("tiktok", ttclid)
         if ttp is not None:
@@ -310,6 +388,6 @@ def capture(
     utm: dict[str, str] = {}
     for key in UTM_KEYS:
         v = get(key)
-        if v is not None and (v := clean_id(v, MAX_UTM_LENGTH)) is not None:
+        if v is not None and (checked or (v := clean_id(v, MAX_UTM_LENGTH)) is not None):
             utm[key] = v
     return found, utm

@@ -93,6 +93,7 @@ _json = _json_encoder()
 # JSON string literal, ASCII only: what the encoder above writes for a str (C when available).
 _esc = json.encoder.encode_basestring_ascii
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
+_b2a = binascii.b2a_base64
 
 
 def _b64(data: bytes) -> bytes:
@@ -146,21 +147,27 @@ class _Signer(TimestampSigner):
         """``value.<timestamp>.<signature>``, exactly as ``TimestampSigner.sign``."""
         if isinstance(value, str):
             value = value.encode("utf-8")
-        now = self.get_timestamp()
+        return self.sign_at(value, self.get_timestamp())
+
+    def sign_at(self, value: bytes, now: int) -> bytes:
+        """:meth:`sign` with the timestamp given (the request's clock, already read)."""
         stamp = self._stamp
         if stamp[0] != now:
             stamp = self._stamp = (now, self._sep + base64_encode(int_to_bytes(now)))
-        value += stamp[1]
         keyed = self._signing
         if keyed is None:
             algorithm = self.algorithm
             if not isinstance(algorithm, _HMACSHA256):
+                value += stamp[1]
                 return value + self._sep + self.get_signature(value)
             # Signing always uses the newest key: its keyed state is looked up once.
             keyed = self._signing = algorithm.keyed(self.derive_key())
         mac = keyed.copy()
         mac.update(value)
-        return value + self._sep + _b64(mac.digest())
+        mac.update(stamp[1])
+        # 32 bytes are 44 base64 characters ending in one "=": cut it instead of stripping.
+        sig = _b2a(mac.digest(), newline=False)[:43].translate(_URLSAFE)
+        return b"".join((value, stamp[1], self._sep, sig))
 
     def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
         key = self._derived.get(secret_key)
@@ -213,35 +220,40 @@ def _map_json(m: Any) -> str | int:
     """``_json(dict(m))``, or 0 when ``m`` is empty (the wire form of utm and extra)."""
     if not m:
         return 0
-    return _json(m if type(m) is dict else dict(m))
+    try:
+        # A map of strings (every real touch's): its JSON written directly, which costs a
+        # fraction of a call into the encoder for the one or two entries a touch holds.
+        if len(m) == 1:
+            ((key, value),) = m.items()
+            return f"{{{_esc(key)}:{_esc(value)}}}"
+        return "{" + ",".join([_esc(k) + ":" + _esc(v) for k, v in m.items()]) + "}"
+    except (TypeError, AttributeError, ValueError):
+        # Not a map of strings (a hand-made Touch): the encoder's rules (and errors) apply.
+        return _json(m if type(m) is dict else dict(m))
 
 
 def _touch_json(t: Touch) -> str:
     """``_json(_touch_to_wire(t))``, built directly (same bytes; the landing request's path)."""
-    platform, click, pixel, first, last = (
-        t.platform,
-        t.click_id,
-        t.pixel_id,
-        t.first_seen,
-        t.last_seen,
-    )
-    url = t.landing_url
-    opening = _OPEN.get(platform) if type(platform) is str else None
-    if (
-        opening is None
-        or type(first) is not int
-        or type(last) is not int
-        or (click is not None and type(click) is not str)
-        or (pixel is not None and type(pixel) is not str)
-        or (url and type(url) is not str)
-    ):
+    try:
+        opening = _OPEN[t.platform]
+        first = t.first_seen
+        last = t.last_seen
+        if type(first) is not int or type(last) is not int:  # bool is an int: not here
+            raise TypeError("times")
+        click = t.click_id
+        pixel = t.pixel_id
+        url = t.landing_url
+        utm = t.utm
+        extra = t.extra
+        # _esc takes only strings: any other value of a hand-made Touch raises TypeError.
+        return (
+            f"{opening}{'null' if click is None else _esc(click)},"
+            f"{'null' if pixel is None else _esc(pixel)},{first},{last},"
+            f"{_esc(url[:MAX_LANDING_URL]) if url else 'null'},"
+            f"{_map_json(utm) if utm else 0},{_map_json(extra) if extra else 0}]"
+        )
+    except (KeyError, TypeError):
         return _json(_touch_to_wire(t))  # odd values from a hand-made Touch: the general path
-    return (
-        f"{opening}{'null' if click is None else _esc(click)},"
-        f"{'null' if pixel is None else _esc(pixel)},{first},{last},"
-        f"{_esc(url[:MAX_LANDING_URL]) if url else 'null'},"
-        f"{_map_json(t.utm)},{_map_json(t.extra)}]"
-    )
 
 
 def _touch_from_wire(w: Any) -> Touch:
@@ -289,6 +301,7 @@ class SessionCodec:
             attrs += "; Secure"
         attrs += f"; SameSite={str(settings.cookie_samesite).capitalize()}"
         self._attrs = attrs
+        self._prefix = self.name + "="
         self._budget = MAX_SET_COOKIE_BYTES - len("Set-Cookie: ")
 
     # -- reading -----------------------------------------------------------------------------
@@ -347,15 +360,19 @@ class SessionCodec:
     def _dump(self, payload: Any) -> str:
         return self._sign_json(_json(payload))
 
-    def _sign_json(self, text: str) -> str:
-        data = text.encode("utf-8")
+    def _sign_json(self, text: str, now: int | None = None) -> str:
+        return self._sign_payload(text.encode("utf-8"), now)
+
+    def _sign_payload(self, data: bytes, now: int | None) -> str:
         if len(data) >= _COMPRESS_FROM:
             z = zlib.compressobj(6, zlib.DEFLATED, _ZLIB_WBITS, _ZLIB_MEMLEVEL)
             packed = z.compress(data) + z.flush()
             body = b"." + _b64(packed) if len(packed) < len(data) - 1 else _b64(data)
         else:
             body = _b64(data)
-        return self._signer.sign(body).decode("ascii")
+        if now is None:
+            return self._signer.sign(body).decode("ascii")
+        return self._signer.sign_at(body, now).decode("ascii")
 
     def _remember(self, raw: str, entry: tuple[int, Attribution, int]) -> None:
         cache = self._cache
@@ -373,27 +390,38 @@ class SessionCodec:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def encode(self, attribution: Attribution) -> str:
-        """The signed cookie value for ``attribution`` (client context is never included)."""
+    def encode(self, attribution: Attribution, now: int | None = None) -> str:
+        """The signed cookie value for ``attribution`` (client context is never included).
+
+        ``now`` is the signing time (Unix seconds); by default the signer reads the clock.
+        """
         vid = attribution.visitor_id
         if type(vid) is not str:
             wire = [_touch_to_wire(t) for t in attribution.touches.values()]
             return self._dump({"k": 1, "v": vid, "t": wire})
-        touches = ",".join([_touch_json(t) for t in attribution.touches.values()])
         # The bytes _json({"k": 1, "v": vid, "t": [...]}) gives.
-        return self._sign_json(f'{{"k":1,"v":{_esc(vid)},"t":[{touches}]}}')
+        touches = ",".join(map(_touch_json, attribution.touches.values()))
+        data = f'{{"k":1,"v":{_esc(vid)},"t":[{touches}]}}'.encode()
+        if now is None or len(data) >= _COMPRESS_FROM:
+            return self._sign_payload(data, now)
+        # A landing's payload, inline: base64url without padding, then signed.
+        body = _b2a(data, newline=False).translate(_URLSAFE).rstrip(b"=")
+        return self._signer.sign_at(body, now).decode("ascii")
 
     def header_value(self, value: str) -> str:
         """The ``Set-Cookie`` header value carrying cookie value ``value``."""
-        return f"{self.name}={value}{self._attrs}"
+        return self._prefix + value + self._attrs
 
-    def set_cookie(self, attribution: Attribution) -> tuple[str, Attribution] | None:
+    def set_cookie(
+        self, attribution: Attribution, now: int | None = None
+    ) -> tuple[str, Attribution] | None:
         """``(Set-Cookie value, what it stores)`` within the size budget, or None.
 
         Sheds the touches seen longest ago until the header fits; logs the first time.
+        ``now`` is the signing time, as for :meth:`encode`.
         """
         global _shed_logged
-        header = self.header_value(self.encode(attribution))
+        header = f"{self._prefix}{self.encode(attribution, now)}{self._attrs}"
         if len(header) <= self._budget:
             return header, attribution
         touches = dict(attribution.touches)
@@ -412,7 +440,7 @@ class SessionCodec:
                     "tracking_mw: attribution cookie over %s bytes; dropped the oldest touch",
                     MAX_SET_COOKIE_BYTES,
                 )
-            header = self.header_value(self.encode(current))
+            header = self.header_value(self.encode(current, now))
             if len(header) <= self._budget:
                 return header, current
 

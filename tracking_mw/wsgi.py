@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
-from ._context import _state
-from ._core import Core, Outcome, RequestParts
+from ._context import RequestState, _state
+from ._core import Core, RequestParts
 from ._runtime import Runtime
 from ._types import StartResponse, WSGIApp, WSGIEnviron
 from .config import Settings
@@ -76,19 +76,18 @@ class TrackingWSGIMiddleware:
             self._runtime.ensure_thread_dispatcher()
         except Exception as exc:
             logger.error("tracking_mw: dispatcher thread failed to start: %s", type(exc).__name__)
+        state: RequestState | None
         try:
-            outcome: Outcome | None = self._core.process(_parts(environ), environ)
+            state, cookies = self._core.process(_parts(environ), environ)
         except Exception as exc:  # tracking must never break the host app
             logger.error("tracking_mw: request not tracked: %s", type(exc).__name__)
-            outcome = None
-        if outcome is None:
+            state = None
+        if state is None:
             return self.app(environ, start_response)
-        token = _state.set(outcome.state)
+        token = _state.set(state)
         try:
-            if outcome.set_cookies:
-                return self.app(
-                    environ, _cookie_start_response(start_response, outcome.set_cookies)
-                )
+            if cookies:
+                return self.app(environ, _cookie_start_response(start_response, cookies))
             return self.app(environ, start_response)
         finally:
             _state.reset(token)
