@@ -9,7 +9,9 @@ Scenarios, each on a fresh server:
 - ``tracking later``: ``TrackingMiddleware``, every request with a valid session cookie and
   nothing new (decode, expose, no ``Set-Cookie``).
 - ``session write`` / ``session read``: Starlette's ``SessionMiddleware`` writing a session on
-  every request, and reading one without changing it (the yardstick).
+  every request, and reading one without changing it (the yardstick). Writing is measured
+  twice: on ``/`` and on the very landing request the tracking scenario gets (same request
+  line, same query string), so the landing target is judged against both.
 
 The load generator is an asyncio client over raw sockets in this process, with pre-built
 requests and minimal response parsing; it is far cheaper per request than the server, so the
@@ -195,6 +197,7 @@ def _serve(variant: str) -> tuple[Any, int]:
 
 
 Scenario = tuple[str, str, Callable[[int], str | None], str]
+SESSION_WRITE_LANDING = "SessionMiddleware, writing a new session, same landing URL"
 
 
 def _scenarios() -> list[Scenario]:
@@ -220,6 +223,7 @@ def _scenarios() -> list[Scenario]:
         ("TrackingMiddleware, landing (capture + Set-Cookie)", "tracking", none, LANDING),
         ("TrackingMiddleware, later request (valid cookie)", "tracking", tmw, "/"),
         ("SessionMiddleware, writing a new session", "session-write", none, "/"),
+        (SESSION_WRITE_LANDING, "session-write", none, LANDING),
         ("SessionMiddleware, reading a session", "session-read", session, "/"),
     ]
 
@@ -290,7 +294,8 @@ def _inprocess() -> list[tuple[str, float]]:
         await send({"type": "http.response.body", "body": b"ok"})
 
     async def session_app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["path"] == "/set":
+        # Writes on /set and on the landing request (a query string), reads otherwise.
+        if scope["path"] == "/set" or scope["query_string"]:
             scope["session"]["n"] = 1
         else:
             scope["session"].get("n")
@@ -349,11 +354,13 @@ def _inprocess() -> list[tuple[str, float]]:
         await sessions(scope("/set", "", None), receive, send)
         sess = cookie_of("session")
         sent.clear()
+        landing = scope(path, query, None)
         cases = [
             ("trivial ASGI app", trivial, scope("/", "", None), 4_000),
-            ("TrackingMiddleware, landing", tracking, scope(path, query, None), 1_000),
+            ("TrackingMiddleware, landing", tracking, landing, 1_000),
             ("TrackingMiddleware, later request", tracking, scope("/", "", tmw), 4_000),
             ("SessionMiddleware, writing", sessions, scope("/set", "", None), 1_000),
+            ("SessionMiddleware, writing, same landing URL", sessions, landing, 1_000),
             ("SessionMiddleware, reading", sessions, scope("/", "", sess), 4_000),
         ]
         best = {label: float("inf") for label, *_ in cases}
@@ -401,18 +408,29 @@ def run() -> str:
     later = results["TrackingMiddleware, later request (valid cookie)"]
     landing = results["TrackingMiddleware, landing (capture + Set-Cookie)"]
     writing = results["SessionMiddleware, writing a new session"]
+    writing_same = results[SESSION_WRITE_LANDING]
     same = results["bare app, request with a same-size cookie"]
     later_cap = base["cpu_us"] / later["cpu_us"]
     later_same = same["cpu_us"] / later["cpu_us"]
     landing_vs = writing["cpu_us"] / landing["cpu_us"]
+    landing_vs_same = writing_same["cpu_us"] / landing["cpu_us"]
+    landing_met = landing_vs >= 1.0 and landing_vs_same >= 1.0
     rows += [
         "",
         f"Targets (capacity): later request >= 0.90x bare: **{later_cap:.2f}x** "
         f"({'met' if later_cap >= 0.90 else 'missed'}; wall clock "
         f"{later['rps'] / base['rps']:.2f}x; against the bare app given the same request, "
-        f"cookie included: **{later_same:.2f}x**); landing >= SessionMiddleware writing: "
-        f"**{landing_vs:.2f}x** of it ({'met' if landing_vs >= 1.0 else 'missed'}; wall clock "
-        f"{landing['rps'] / writing['rps']:.2f}x).",
+        f"cookie included: **{later_same:.2f}x**); landing >= SessionMiddleware writing "
+        f"({'met' if landing_met else 'missed'}): **{landing_vs:.2f}x** of it on `/` "
+        f"(wall clock {landing['rps'] / writing['rps']:.2f}x), **{landing_vs_same:.2f}x** of it "
+        f"given the same landing request (wall clock "
+        f"{landing['rps'] / writing_same['rps']:.2f}x).",
+    ]
+    inproc = dict(_inprocess())
+    ip_landing = inproc["TrackingMiddleware, landing"]
+    ip_vs = inproc["SessionMiddleware, writing"] / ip_landing
+    ip_vs_same = inproc["SessionMiddleware, writing, same landing URL"] / ip_landing
+    rows += [
         "",
         "In-process CPU cost per request (middleware around a trivial ASGI app, no network; "
         f"best of {INPROCESS_ROUNDS} interleaved loops):",
@@ -420,7 +438,12 @@ def run() -> str:
         "| scenario | microseconds/request |",
         "|---|---:|",
     ]
-    rows += [f"| {label} | {us:.1f} |" for label, us in _inprocess()]
+    rows += [f"| {label} | {us:.1f} |" for label, us in inproc.items()]
+    rows += [
+        "",
+        f"In process, a landing costs {1 / ip_vs:.2f}x the CPU of a SessionMiddleware write on "
+        f"`/` and {1 / ip_vs_same:.2f}x that of one given the same landing request.",
+    ]
     return "\n".join(rows)
 
 
