@@ -372,3 +372,20 @@ def test_a_bug_in_sending_does_not_kill_the_worker() -> None:
     d = Flaky(box, {"test": JsonAdapter()}, cfg, transport=httpx.MockTransport(rec))
     asyncio.run(run_until(d, settled(box)))
     assert sorted(rec.ids()) == ["test-0", "test-1", "test-2"]
+
+
+def test_the_dispatcher_client_keeps_no_cookies() -> None:
+    from tracking_mw.delivery.dispatcher import _client
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert "cookie" not in request.headers  # nothing kept from the previous answer
+        return httpx.Response(200, headers={"set-cookie": "sid=abc; Path=/"}, json={})
+
+    async def main() -> None:
+        async with _client(transport=httpx.MockTransport(answer)) as client:
+            for _ in range(2):
+                r = await client.post("https://platform.example/events", content=b"{}")
+                assert r.status_code == 200
+            assert len(client.cookies) == 0
+
+    asyncio.run(main())

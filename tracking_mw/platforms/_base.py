@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
 from .._errors import ConfigurationError
-from .._json import dumps_bytes
+from .._json import dumps_bytes, loads
 from .._normalize import json_number
 from ..attribution import Attribution
 from ..events import Event
@@ -183,7 +183,7 @@ def parse_json(body: bytes) -> Any:
     if not body:
         return None
     try:
-        return json.loads(body)
+        return loads(body)
     except (ValueError, UnicodeDecodeError):
         return None
 
