@@ -45,6 +45,7 @@ META_EVENTS = 30_000
 KWAI_EVENTS = 2_000
 PENDING = 100_000
 CONCURRENCY = 4
+THROUGHPUT_ROUNDS = 3
 
 
 def _free_port() -> int:
@@ -361,24 +362,36 @@ def _dispatch(rt: Runtime, platform: str) -> float:
 
 
 def _throughput(base: str, path: str, delivery: DeliveryConfig) -> dict[str, float]:
-    """Seconds for Meta and Kwai from the outbox to ``base``, and for bare httpx loops."""
+    """Seconds for Meta and Kwai from the outbox to ``base``, and for bare httpx loops.
+
+    Three rounds, each the engine then its bare loop; per platform, the round with the
+    median ratio is kept. Two processes share two cores here, so one round's ratio swings
+    by 20% either way.
+    """
     rt = Runtime(_settings(base, f"sqlite:///{path}", delivery=delivery))
+    adapters = build_adapters(rt.settings)
+    meta_items = [adapters["meta"].prepare(_event(i), _attribution(i)) for i in range(1000)]
+    meta_req = adapters["meta"].build(meta_items)
+    kwai_reqs = [
+        adapters["kwai"].build([adapters["kwai"].prepare(_event(i), _attribution(i))])
+        for i in range(KWAI_EVENTS)
+    ]
+    metas: list[tuple[float, float]] = []
+    kwais: list[tuple[float, float]] = []
     try:
-        _seed(rt, META_EVENTS, {"meta"})
-        meta_s = _dispatch(rt, "meta")
-        adapters = build_adapters(rt.settings)
-        meta_items = [adapters["meta"].prepare(_event(i), _attribution(i)) for i in range(1000)]
-        meta_req = adapters["meta"].build(meta_items)
-        bare_meta_s = asyncio.run(_bare_loop([meta_req] * (META_EVENTS // 1000), CONCURRENCY))
-        _seed(rt, KWAI_EVENTS, {"kwai"})
-        kwai_s = _dispatch(rt, "kwai")
-        kwai_reqs = [
-            adapters["kwai"].build([adapters["kwai"].prepare(_event(i), _attribution(i))])
-            for i in range(KWAI_EVENTS)
-        ]
-        bare_kwai_s = asyncio.run(_bare_loop(kwai_reqs, CONCURRENCY))
+        for _ in range(THROUGHPUT_ROUNDS):
+            _seed(rt, META_EVENTS, {"meta"})
+            meta_s = _dispatch(rt, "meta")
+            metas.append(
+                (meta_s, asyncio.run(_bare_loop([meta_req] * (META_EVENTS // 1000), CONCURRENCY)))
+            )
+            _seed(rt, KWAI_EVENTS, {"kwai"})
+            kwai_s = _dispatch(rt, "kwai")
+            kwais.append((kwai_s, asyncio.run(_bare_loop(kwai_reqs, CONCURRENCY))))
     finally:
         rt.close()
+    meta_s, bare_meta_s = sorted(metas, key=lambda r: r[1] / r[0])[len(metas) // 2]
+    kwai_s, bare_kwai_s = sorted(kwais, key=lambda r: r[1] / r[0])[len(kwais) // 2]
     return {"meta": meta_s, "bare_meta": bare_meta_s, "kwai": kwai_s, "bare_kwai": bare_kwai_s}
 
 
@@ -501,7 +514,7 @@ def run() -> str:
         "validates every event in Python) and a minimal sink (raw asyncio, counts Meta's "
         "events, answers at once), so the delivery engine's own cost shows. Every ratio is "
         "to a bare httpx loop sending the same requests, prebuilt, to the same server in the "
-        "same run.\n"
+        f"same run; each row is the round with the median ratio of {THROUGHPUT_ROUNDS}.\n"
     )
     rows.append("| delivery | server | events | seconds | events/s | vs bare httpx loop |")
     rows.append("|---|---|---:|---:|---:|---:|")
