@@ -1,7 +1,8 @@
 """Middleware overhead: a small Starlette page on uvicorn (h11, one worker, a child process)
 under a keep-alive load generator on loopback.
 
-Scenarios, each on a fresh server:
+Scenarios, all served by one server process, each app under its own first path segment
+(``/bare/``, ``/tracking/``, ``/session-write/``...):
 
 - ``bare``: the page without middleware (the baseline).
 - ``tracking landing``: ``TrackingMiddleware``, every request a landing with a click id and no
@@ -11,13 +12,16 @@ Scenarios, each on a fresh server:
 - ``session write`` / ``session read``: Starlette's ``SessionMiddleware`` writing a session on
   every request, and reading one without changing it (the yardstick). Writing is measured
   twice: on ``/`` and on the very landing request the tracking scenario gets (same request
-  line, same query string), so the landing target is judged against both.
+  line, same query string), so the landing target is judged against both; and once more as
+  a view that keeps the same attribution as the tracking middleware in the session, by hand
+  (like for like).
 
 The load generator is an asyncio client over raw sockets in this process, with pre-built
 requests and minimal response parsing; it is far cheaper per request than the server, so the
-server is the bottleneck. Each scenario runs in five rounds (interleaved with the others, a
-fresh server each time) and reports its best round, which filters out noise from other work
-on the machine.
+server is the bottleneck. Each scenario runs in five rounds, interleaved with the others, and
+reports its best round, which filters out noise from other work on the machine. One server
+for all scenarios: separate server processes differed by 10% or more between runs (memory
+layout, caches), more than the differences measured.
 
 Run standalone with ``python -m bench.bench_middleware``.
 """
@@ -93,18 +97,21 @@ async def _session_read(request: Request) -> Response:
     return HTMLResponse(PAGE)
 
 
-def make_app() -> Any:
-    """The app of scenario ``$BENCH_VARIANT`` (uvicorn ``--factory`` entry point)."""
-    variant = os.environ.get("BENCH_VARIANT", "bare")
+VARIANTS = ("bare", "tracking", "session-write", "session-capture", "session-read")
+
+
+def _variant_app(variant: str) -> Any:
+    """The page behind one scenario's middleware, served under ``/<variant>/``."""
+    root = f"/{variant}/"
     if variant.startswith("session"):
         handler = {"session-write": _session_write, "session-capture": _session_capture}.get(
             variant, _session_read
         )
         return Starlette(
-            routes=[Route("/", handler), Route("/set", _session_write)],
+            routes=[Route(root, handler), Route(root + "set", _session_write)],
             middleware=[Middleware(SessionMiddleware, secret_key=SECRET, https_only=False)],
         )
-    app = Starlette(routes=[Route("/", _page)])
+    app = Starlette(routes=[Route(root, _page)])
     if variant == "tracking":
         from tracking_mw.asgi import TrackingMiddleware
         from tracking_mw.config import Settings
@@ -113,6 +120,19 @@ def make_app() -> Any:
             secret_key=SECRET, cookie_secure=False, outbox="memory://", start_dispatcher=False
         )
         return TrackingMiddleware(app, settings)
+    return app
+
+
+def make_app() -> Any:
+    """Every scenario's app in one server, chosen by the path's first segment (uvicorn
+    ``--factory`` entry point). One process for all: a fresh process per scenario varied
+    by 10% or more (memory layout, caches), more than the differences measured here."""
+    apps = {v: _variant_app(v) for v in VARIANTS}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "/")
+        await apps.get(path[1 : path.find("/", 1)], apps["bare"])(scope, receive, send)
+
     return app
 
 
@@ -200,7 +220,7 @@ async def _fetch_cookie(port: int, path: str, name: str) -> str:
     raise RuntimeError(f"no {name} cookie from {path}")
 
 
-def _serve(variant: str) -> tuple[Any, int]:
+def _serve() -> tuple[Any, int]:
     from tests._servers import Child, free_port, uvicorn_argv, wait_http
 
     port = free_port()
@@ -215,12 +235,12 @@ def _serve(variant: str) -> tuple[Any, int]:
         "off",
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    child = Child(argv, env={"BENCH_VARIANT": variant, "PYTHONPATH": root}, cwd=root)
-    wait_http(f"http://127.0.0.1:{port}/", timeout=30, proc=child.proc)
+    child = Child(argv, env={"PYTHONPATH": root}, cwd=root)
+    wait_http(f"http://127.0.0.1:{port}/bare/", timeout=30, proc=child.proc)
     return child, port
 
 
-Scenario = tuple[str, str, Callable[[int], str | None], str]
+Scenario = tuple[str, Callable[[int], str | None], str]
 SESSION_WRITE_LANDING = "SessionMiddleware, writing a new session, same landing URL"
 SESSION_CAPTURE = (
     "SessionMiddleware, a view keeping the same attribution in the session (same landing URL)"
@@ -232,10 +252,10 @@ def _scenarios() -> list[Scenario]:
         return None
 
     def tmw(port: int) -> str | None:
-        return asyncio.run(_fetch_cookie(port, LANDING, "_tmw"))
+        return asyncio.run(_fetch_cookie(port, "/tracking" + LANDING, "_tmw"))
 
     def session(port: int) -> str | None:
-        return asyncio.run(_fetch_cookie(port, "/set", "session"))
+        return asyncio.run(_fetch_cookie(port, "/session-read/set", "session"))
 
     def same_size(port: int) -> str | None:
         # The bare app receiving the very request a returning visitor sends: a cookie of the
@@ -245,14 +265,14 @@ def _scenarios() -> list[Scenario]:
         return "_tmw=" + "x" * len(_landing_cookie(TrackingMiddleware))
 
     return [
-        ("bare app", "bare", none, "/"),
-        ("bare app, request with a same-size cookie", "bare", same_size, "/"),
-        ("TrackingMiddleware, landing (capture + Set-Cookie)", "tracking", none, LANDING),
-        ("TrackingMiddleware, later request (valid cookie)", "tracking", tmw, "/"),
-        ("SessionMiddleware, writing a new session", "session-write", none, "/"),
-        (SESSION_WRITE_LANDING, "session-write", none, LANDING),
-        (SESSION_CAPTURE, "session-capture", none, LANDING),
-        ("SessionMiddleware, reading a session", "session-read", session, "/"),
+        ("bare app", none, "/bare/"),
+        ("bare app, request with a same-size cookie", same_size, "/bare/"),
+        ("TrackingMiddleware, landing (capture + Set-Cookie)", none, "/tracking" + LANDING),
+        ("TrackingMiddleware, later request (valid cookie)", tmw, "/tracking/"),
+        ("SessionMiddleware, writing a new session", none, "/session-write/"),
+        (SESSION_WRITE_LANDING, none, "/session-write" + LANDING),
+        (SESSION_CAPTURE, none, "/session-capture" + LANDING),
+        ("SessionMiddleware, reading a session", session, "/session-read/"),
     ]
 
 
@@ -291,15 +311,11 @@ def _landing_cookie(middleware: Any) -> str:
     raise RuntimeError("no cookie written")
 
 
-def _measure(variant: str, cookie_fn: Callable[[int], str | None], path: str) -> dict[str, float]:
-    child, port = _serve(variant)
-    try:
-        cookie = cookie_fn(port)
-        count, lats, cpu = asyncio.run(
-            _load(port, _request(path, cookie), DURATION, child.proc.pid)
-        )
-    finally:
-        child.stop()
+def _measure(
+    port: int, pid: int, cookie_fn: Callable[[int], str | None], path: str
+) -> dict[str, float]:
+    cookie = cookie_fn(port)
+    count, lats, cpu = asyncio.run(_load(port, _request(path, cookie), DURATION, pid))
     lats.sort()
     return {
         "rps": count / DURATION,
@@ -414,9 +430,13 @@ def run() -> str:
     """Measure every scenario; a Markdown section with requests/s, latency and ratios."""
     rounds: dict[str, list[dict[str, float]]] = {}
     scenarios = _scenarios()
-    for _ in range(ROUNDS):
-        for label, variant, cookie_fn, path in scenarios:
-            rounds.setdefault(label, []).append(_measure(variant, cookie_fn, path))
+    child, port = _serve()
+    try:
+        for _ in range(ROUNDS):
+            for label, cookie_fn, path in scenarios:
+                rounds.setdefault(label, []).append(_measure(port, child.proc.pid, cookie_fn, path))
+    finally:
+        child.stop()
     # Each scenario's best round, by server CPU per request: what slows a round down (other
     # work, the hypervisor, an unlucky memory layout) only ever adds time.
     results = {label: min(rs, key=lambda r: r["cpu_us"]) for label, rs in rounds.items()}
