@@ -18,7 +18,7 @@ Scenarios, all served by one server process, each app under its own first path s
 
 The load generator is an asyncio client over raw sockets in this process, with pre-built
 requests and minimal response parsing; it is far cheaper per request than the server, so the
-server is the bottleneck. Each scenario runs in five rounds, interleaved with the others, and
+server is the bottleneck. Each scenario runs in seven rounds, interleaved with the others, and
 reports its best round, which filters out noise from other work on the machine. One server
 for all scenarios: separate server processes differed by 10% or more between runs (memory
 layout, caches), more than the differences measured.
@@ -55,8 +55,8 @@ LANDING = (
 CONNECTIONS = 16
 WARMUP = 0.7
 DURATION = 2.0
-ROUNDS = 5
-INPROCESS_ROUNDS = 15
+ROUNDS = 7
+INPROCESS_ROUNDS = 40
 
 PAGE = (
     "<html><body><h1>Product</h1><p>" + "Lorem ipsum dolor sit amet. " * 20 + "</p></body></html>"
