@@ -358,10 +358,7 @@ class SessionCodec:
         return json.loads(data), signed
 
     def _dump(self, payload: Any) -> str:
-        return self._sign_json(_json(payload))
-
-    def _sign_json(self, text: str, now: int | None = None) -> str:
-        return self._sign_payload(text.encode("utf-8"), now)
+        return self._sign_payload(_json(payload).encode("utf-8"), None)
 
     def _sign_payload(self, data: bytes, now: int | None) -> str:
         if len(data) >= _COMPRESS_FROM:

@@ -179,19 +179,15 @@ class Tracker:
         if self._failing:
             self._failing = False
             log.warning("tracking_mw: the outbox accepts events again")
-        if all(added):
-            queued = tuple([r.platform for r in records])
-            rt.metrics.add_each(queued, "accepted")
-            return Receipt(eid, queued, skipped)
-        new: list[str] = []
+        queued: list[str] = []
         for record, fresh in zip(records, added, strict=True):
             if fresh:
-                new.append(record.platform)
+                queued.append(record.platform)
             else:
                 skipped[record.platform] = DUPLICATE
-        if new:
-            rt.metrics.add_each(new, "accepted")
-        return Receipt(eid, tuple(new), skipped, True)
+        if queued:
+            rt.metrics.add_each(queued, "accepted")
+        return Receipt(eid, tuple(queued), skipped, len(queued) != len(records))
 
     def _failed(
         self, event_id: str, records: list[NewRecord], skipped: dict[str, str], exc: Exception

@@ -333,6 +333,8 @@ def clean_contents(contents: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
     ``price`` is accepted for ``item_price``; ``id`` becomes a string; items without an id
     are kept only for their other fields.
     """
+    if not contents:
+        return []  # most events: skip the loop's set-up
     out: list[dict[str, Any]] = []
     for c in contents:
         item: dict[str, Any] = {}

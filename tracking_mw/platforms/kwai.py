@@ -130,7 +130,7 @@ class KwaiAdapter(Adapter):
             item["currency"] = event.currency
             item["value"] = event.json_value
         props: dict[str, Any] = {"event_timestamp": round(event.event_time * 1000)}
-        contents = clean_contents(event.contents) if event.contents else None
+        contents = clean_contents(event.contents)
         if contents:
             props["content_type"] = "product"
             props["contents"] = [
@@ -138,8 +138,7 @@ class KwaiAdapter(Adapter):
             ]
             if len(contents) == 1 and "id" in contents[0]:
                 props["content_id"] = contents[0]["id"]
-        if event.properties:
-            props.update(jsonable(event.properties) or {})
+        props.update(jsonable(event.properties) or {})
         item["properties"] = _dumps(props)
         return item
 

@@ -152,13 +152,12 @@ class MetaAdapter(Adapter):
     @staticmethod
     def _custom_data(event: Event) -> dict[str, Any]:
         custom: dict[str, Any] = {}
-        if event.properties:
-            custom.update(jsonable(event.properties) or {})
+        custom.update(jsonable(event.properties) or {})
         if event.value is not None:
             custom["value"] = event.json_value
         if event.currency:
             custom["currency"] = event.currency
-        contents = clean_contents(event.contents) if event.contents else None
+        contents = clean_contents(event.contents)
         if contents:
             custom["contents"] = contents
             ids = [c["id"] for c in contents if "id" in c]
