@@ -6,8 +6,8 @@ views in a worker thread with the context copied, so ``current_attribution()`` w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .attribution import Attribution
@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 __all__ = ["RequestState", "current_attribution", "current_state"]
 
 
-@dataclass(slots=True)
 class RequestState:
     """Per-request state the middleware shares with view code.
 
@@ -27,9 +26,50 @@ class RequestState:
     ``runtime`` owns the tracker and dispatcher of the middleware that handled the request.
     """
 
-    attribution: Attribution | None
-    runtime: Runtime | None = None
-    consent: bool = True
+    __slots__ = ("_attribution", "_build", "consent", "runtime")
+
+    def __init__(
+        self,
+        attribution: Attribution | None,
+        runtime: Runtime | None = None,
+        consent: bool = True,
+    ) -> None:
+        self._attribution = attribution
+        self._build: Callable[[], Attribution] | None = None
+        self.runtime = runtime
+        self.consent = consent
+
+    @classmethod
+    def deferred(cls, build: Callable[[], Attribution], runtime: Runtime | None) -> RequestState:
+        """A consenting visitor's state whose attribution ``build()`` makes on first use.
+
+        Most pages never ask for the attribution: the client context (IP, cleaned user
+        agent, URL) is then never assembled. ``build`` must not raise and must return equal
+        values if two threads of one request race to call it.
+        """
+        state = cls(None, runtime, True)
+        state._build = build
+        return state
+
+    @property
+    def attribution(self) -> Attribution | None:
+        """The attribution (see the class docstring); made now if it was deferred."""
+        build = self._build
+        if build is not None:
+            self._attribution = build()
+            self._build = None
+        return self._attribution
+
+    @attribution.setter
+    def attribution(self, value: Attribution | None) -> None:
+        self._attribution = value
+        self._build = None
+
+    def __repr__(self) -> str:
+        return (
+            f"RequestState(attribution={self.attribution!r}, runtime={self.runtime!r}, "
+            f"consent={self.consent!r})"
+        )
 
 
 _state: ContextVar[RequestState | None] = ContextVar("tracking_mw_state", default=None)

@@ -21,19 +21,20 @@ import logging
 import re
 import time
 from collections.abc import Mapping, MutableMapping
+from functools import partial as _partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote
 
 from ._context import RequestState
 from .attribution import (
+    Attribution,
     ClientContext,
     Touch,
     _attribution,
+    _client,
     _ids,
     _merge,
-    _new,
     _random16,
-    _set,
     _touch,
     new_visitor_id,
 )
@@ -78,6 +79,9 @@ _QUERY_SAFE = "/:@!$&'()*+,;=~%?"
 _PLAIN_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/:@!$&'()*+,;=%?"
 _PLAIN = re.compile(b"[" + re.escape(_PLAIN_BYTES) + b"]*")
 _MISSING: Any = object()
+_NO_CLIENT = ClientContext()
+_QUIET_SIZE = 4096
+_deferred = RequestState.deferred
 _logged: set[str] = set()
 
 
@@ -144,6 +148,8 @@ class Core:
         # The bot flag per stored agent string (useragent.py caches the parse; this skips
         # two calls to reach it on every landing).
         self._bots: dict[str, bool] = {}
+        # Cookie header -> (from, until, attribution) of returning visitors' quiet requests.
+        self._quiet: dict[str, tuple[int, int, Attribution]] = {}
         meta_attrs = f"; Max-Age={int(settings.meta_cookie_max_age)}; Path=/"
         if settings.cookie_domain:
             meta_attrs += f"; Domain={settings.cookie_domain}"
@@ -210,73 +216,58 @@ class Core:
         now = int(now_f)
         raw_cookie = parts.cookie
         if raw_cookie:
+            if not parts.query:
+                # A returning visitor's page view, seen before with this very Cookie header
+                # and nothing to capture: the same answer again, without parsing or decoding.
+                quiet = self._quiet.get(raw_cookie)
+                if quiet is not None and quiet[0] <= now <= quiet[1]:
+                    known = quiet[2]
+                    build = _partial(
+                        self._attribution_of, parts, None, known.visitor_id, known.touches
+                    )
+                    return _deferred(build, runtime), []
             cookies = parse_cookies(raw_cookie, self._cookie_names)
             stored = self.codec.decode(cookies.get(self._cookie_name), now) if cookies else None
         else:
             cookies, stored = {}, None
 
         # The page URL (at most MAX_URL characters, URL-safe) and the query's parameters.
-        host = parts.host
-        if not host or not self._hosts.get(host):
-            host = self._host(host, parts.server)
+        # Without a query the URL is needed only for a capture from cookies or by a view that
+        # asks for the attribution: it is made then (_page_url).
         query = parts.query
         checked = False
         params: Mapping[str, str | None]
+        url: str | None
         if not query:
             params = {}
-            url = f"{parts.scheme}://{host}{parts.path}"
-        elif len(query) <= MAX_URL * 2 and not query.translate(None, _PLAIN_BYTES):
-            # URL-safe ASCII, nearly every real query: decoded once, for the URL and the parse.
-            text = query.decode("ascii")
-            url = f"{parts.scheme}://{host}{parts.path}?{text}"
-            if "%" in text or "+" in text:
-                params = _parse_query_text(text, self._wanted_text)
-            else:
-                params = _checked_params(text, self._caps)
-                checked = True
+            url = None
         else:
-            params = _parse_query(query, self._wanted_query)
-            q = query[: MAX_URL * 2]
-            safe = q.decode("ascii") if _PLAIN.fullmatch(q) else quote(q, safe=_QUERY_SAFE)
-            url = f"{parts.scheme}://{host}{parts.path}?{safe}"
-        if len(url) > MAX_URL:
-            url = url[:MAX_URL]
+            host = parts.host
+            if not host or not self._hosts.get(host):
+                host = self._host(host, parts.server)
+            if len(query) <= MAX_URL * 2 and not query.translate(None, _PLAIN_BYTES):
+                # URL-safe ASCII, nearly every real query: decoded once, for the URL and the
+                # parse.
+                text = query.decode("ascii")
+                url = f"{parts.scheme}://{host}{parts.path}?{text}"
+                if "%" in text or "+" in text:
+                    params = _parse_query_text(text, self._wanted_text)
+                else:
+                    params = _checked_params(text, self._caps)
+                    checked = True
+            else:
+                params = _parse_query(query, self._wanted_query)
+                q = query[: MAX_URL * 2]
+                safe = q.decode("ascii") if _PLAIN.fullmatch(q) else quote(q, safe=_QUERY_SAFE)
+                url = f"{parts.scheme}://{host}{parts.path}?{safe}"
+            if len(url) > MAX_URL:
+                url = url[:MAX_URL]
 
         if params or len(cookies) > (stored is not None):
             found, utm = _capture(params, cookies, self._link_param, checked)
         else:
             # The common later request: no parameters, no pixel cookies, nothing to capture.
             found, utm = {}, {}
-
-        ua = parts.user_agent
-        if ua:
-            agent = self._agents.get(ua, _MISSING)
-            if agent is _MISSING:
-                agent = self._agent(ua)
-        else:
-            agent = None
-        trusted = self._trusted
-        referer = parts.referer
-        # ClientContext(...) made as attribution._client makes it (a frozen dataclass's fields
-        # set at once), inline: this runs on every request.
-        client = _new(ClientContext)
-        _set(
-            client,
-            "__dict__",
-            {
-                "ip": resolve_client_ip(
-                    parts.peer,
-                    x_forwarded_for=parts.x_forwarded_for,
-                    forwarded=parts.forwarded,
-                    trusted=trusted,  # type: ignore[arg-type]
-                )
-                if trusted
-                else parts.peer,
-                "user_agent": agent,
-                "url": url,
-                "referrer": _clean(referer, MAX_URL) if referer else None,
-            },
-        )
 
         if self._meta_on:
             meta_found = found.get("meta")
@@ -286,21 +277,27 @@ class Core:
             need_fbp = meta_found.click_id is not None and "fbp" not in meta_found.extra
         else:
             need_fbp = False
-        if (found or need_fbp) and not self._capture_bots and agent:
-            bot = self._bots.get(agent)
-            if bot is None:
-                bot = is_bot(agent)
-                if len(self._bots) < 4096:
-                    self._bots[agent] = bot
-            if bot:
+        if not found and not need_fbp and not query and stored is not None and raw_cookie:
+            self._remember_quiet(raw_cookie, cookies, stored)
+        elif (found or need_fbp) and not self._capture_bots and parts.user_agent:
+            agent = self._agent_of(parts.user_agent)
+            if agent and self._is_bot(agent):
                 found, need_fbp = {}, False
 
         if not found and not need_fbp:
-            if stored is None:
-                return RequestState(_attribution(new_visitor_id(), {}, client), runtime, True), []
-            return RequestState(
-                _attribution(stored.visitor_id, stored.touches, client), runtime, True
-            ), []
+            # Nothing to write. The attribution is assembled only if the app asks for it.
+            if stored is not None:
+                build = _partial(
+                    self._attribution_of, parts, url, stored.visitor_id, stored.touches
+                )
+            else:
+                # The visitor id is drawn now: the attribution must not change if made twice.
+                try:
+                    visitor = _ids.pop()  # new_visitor_id(), its common case inline
+                except IndexError:
+                    visitor = new_visitor_id()
+                build = _partial(self._attribution_of, parts, url, visitor, {})
+            return _deferred(build, runtime), []
 
         set_cookies: list[str] = []
         if need_fbp or "meta" in found:
@@ -309,6 +306,8 @@ class Core:
             stored_meta = stored.touches.get("meta") if stored is not None else None
             self._meta_ids(meta, stored_meta, cookies, now_f, set_cookies)
 
+        if url is None:
+            url = self._page_url(parts)
         landing = url[:MAX_LANDING_URL]
         if stored is None:
             # A first visit: every touch is new, as _merge makes it when nothing is stored.
@@ -351,13 +350,87 @@ class Core:
                     changed = True
             visitor = stored.visitor_id
 
-        attribution = _attribution(visitor, touches, client)
+        kept: Mapping[str, Touch] = touches
         if changed:
-            written = self.codec.set_cookie(attribution, now)
+            written = self.codec.set_cookie(_attribution(visitor, touches, _NO_CLIENT), now)
             if written is not None:
-                header, attribution = written
+                header, shed = written
                 set_cookies.insert(0, header)
-        return RequestState(attribution, runtime, True), set_cookies
+                kept = shed.touches  # the oldest touches may have been shed to fit
+        build = _partial(self._attribution_of, parts, url, visitor, kept)
+        return _deferred(build, runtime), set_cookies
+
+    def _remember_quiet(
+        self, raw_cookie: str, cookies: dict[str, str], stored: Attribution
+    ) -> None:
+        """Remember that a request without a query and with this Cookie header has nothing
+        to capture or write, for as long as the session cookie decodes the same.
+
+        The outcome depends on nothing else then: the header alone decides what is captured
+        (the bot check only runs when something is), and the cookie's validity and pruning
+        only on the clock, hence the span.
+        """
+        span = self.codec.stable_span(cookies[self._cookie_name])
+        if span is None:
+            return
+        quiet = self._quiet
+        if len(quiet) >= _QUIET_SIZE:
+            quiet.clear()
+        quiet[raw_cookie] = (span[0], span[1], stored)
+
+    def _page_url(self, parts: RequestParts) -> str:
+        """The URL of a request without a query string (see process())."""
+        host = parts.host
+        if not host or not self._hosts.get(host):
+            host = self._host(host, parts.server)
+        url = f"{parts.scheme}://{host}{parts.path}"
+        return url[:MAX_URL] if len(url) > MAX_URL else url
+
+    def _agent_of(self, ua: str) -> str | None:
+        agent = self._agents.get(ua, _MISSING)
+        return self._agent(ua) if agent is _MISSING else agent
+
+    def _is_bot(self, agent: str) -> bool:
+        bot = self._bots.get(agent)
+        if bot is None:
+            bot = is_bot(agent)
+            if len(self._bots) < 4096:
+                self._bots[agent] = bot
+        return bot
+
+    def _attribution_of(
+        self,
+        parts: RequestParts,
+        url: str | None,
+        visitor: str,
+        touches: Mapping[str, Touch],
+    ) -> Attribution:
+        """The request's attribution with its client context, made when a view first asks.
+
+        Runs inside the app's view: it must never raise. Equal inputs give equal results,
+        so two threads of one request racing here agree.
+        """
+        try:
+            ua = parts.user_agent
+            trusted = self._trusted
+            referer = parts.referer
+            client = _client(
+                resolve_client_ip(
+                    parts.peer,
+                    x_forwarded_for=parts.x_forwarded_for,
+                    forwarded=parts.forwarded,
+                    trusted=trusted,  # type: ignore[arg-type]
+                )
+                if trusted
+                else parts.peer,
+                self._agent_of(ua) if ua else None,
+                url if url is not None else self._page_url(parts),
+                _clean(referer, MAX_URL) if referer else None,
+            )
+        except Exception as exc:  # tracking must never break the host app
+            logger.error("tracking_mw: client context not read: %s", type(exc).__name__)
+            client = _NO_CLIENT
+        return _attribution(visitor, touches, client)
 
     def _meta_ids(
         self,

@@ -326,6 +326,15 @@ class SessionCodec:
             attribution = self._prune(attribution, now)
         return attribution
 
+    def stable_span(self, raw: str) -> tuple[int, int] | None:
+        """The times (inclusive, seconds) over which ``decode(raw, now)`` keeps giving what it
+        gives now, or None when ``raw`` is not a verified value in the cache."""
+        hit = self._cache.get(raw)
+        if hit is None:
+            return None
+        signed_at, _, oldest = hit
+        return signed_at, min(signed_at, oldest) + self.max_age
+
     def _verify(self, raw: str) -> tuple[int, Attribution, int] | None:
         try:
             payload, signed = self._load(raw)

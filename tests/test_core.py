@@ -1,0 +1,161 @@
+"""Core.process directly: the repeat-visitor shortcut and the attribution made on demand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import tracking_mw._core as core_mod
+from tracking_mw._core import Core, RequestParts
+from tracking_mw.config import Settings
+
+KEY = "k" * 32
+DAY = 86_400
+T0 = 1_800_000_000
+
+
+def parts(cookie: str | None = None, query: bytes = b"", **kw: Any) -> RequestParts:
+    fields: dict[str, Any] = {
+        "scheme": "https",
+        "host": "shop.test",
+        "server": ("10.0.0.1", 443),
+        "path": "/p",
+        "query": query,
+        "cookie": cookie,
+        "user_agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0",
+        "referer": None,
+        "peer": "198.51.100.7",
+        "x_forwarded_for": None,
+        "forwarded": None,
+    }
+    fields.update(kw)
+    return RequestParts(**fields)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    now = [float(T0)]
+    monkeypatch.setattr(core_mod.time, "time", lambda: now[0])
+    return now
+
+
+def make_core(**kw: Any) -> Core:
+    settings = Settings(
+        secret_key=KEY, cookie_secure=False, outbox="memory://", start_dispatcher=False, **kw
+    )
+    return Core(settings, None)
+
+
+def land(core: Core) -> str:
+    """The ``name=value`` cookie a landing with a Kwai click gets."""
+    _, written = core.process(parts(query=b"click_id=C1&pixel_id=P1"), {})
+    assert len(written) == 1
+    return written[0].split(";", 1)[0]
+
+
+def test_repeat_request_is_answered_from_memory(clock: list[float]) -> None:
+    core = make_core()
+    cookie = land(core)
+    header = f"{cookie}; other=1"
+    first, w1 = core.process(parts(header), {})
+    assert w1 == [] and header in core._quiet
+    calls: list[str] = []
+    real = core.codec.decode
+
+    def counting(raw: str | None, now: int | None = None) -> Any:
+        calls.append("decode")
+        return real(raw, now)
+
+    core.codec.decode = counting  # type: ignore[method-assign]
+    again, w2 = core.process(parts(header, peer="203.0.113.9"), {})
+    assert w2 == [] and calls == []  # neither parsed nor decoded again
+    a1, a2 = first.attribution, again.attribution
+    assert a1 is not None and a2 is not None
+    assert a1.visitor_id == a2.visitor_id and a1.touches == a2.touches
+    assert a2.touches["kwai"].click_id == "C1"
+    # The client context is still this request's own.
+    assert a1.client.ip == "198.51.100.7" and a2.client.ip == "203.0.113.9"
+    assert a2.client.url == "https://shop.test/p"
+
+
+def test_remembered_answer_ends_with_the_cookie(clock: list[float]) -> None:
+    core = make_core(cookie_max_age=DAY)
+    cookie = land(core)
+    state, _ = core.process(parts(cookie), {})
+    assert state.attribution is not None and state.attribution.touches
+    clock[0] += DAY  # the last second the cookie is valid
+    state, _ = core.process(parts(cookie), {})
+    assert state.attribution is not None and "kwai" in state.attribution.touches
+    clock[0] += 1  # expired: a fresh visitor, as without the shortcut
+    state, _ = core.process(parts(cookie), {})
+    assert state.attribution is not None and state.attribution.touches == {}
+    clock[0] = T0 - 1  # a clock set back before the signing time: not valid either
+    state, _ = core.process(parts(cookie), {})
+    assert state.attribution is not None and state.attribution.touches == {}
+
+
+def test_requests_with_something_to_capture_are_not_remembered(clock: list[float]) -> None:
+    core = make_core()
+    cookie = land(core)
+    # A query: captured every time (a newer click replaces the older one).
+    state, written = core.process(parts(cookie, query=b"click_id=C2"), {})
+    assert len(written) == 1 and core._quiet == {}
+    assert state.attribution is not None
+    assert state.attribution.touches["kwai"].click_id == "C2"
+    # A pixel cookie beside ours: captured, not remembered.
+    header = f"{cookie}; _bge_bbg=B1"
+    _, written = core.process(parts(header), {})
+    assert written and header not in core._quiet
+    # A tampered or unknown cookie: a fresh visitor each time, nothing remembered.
+    bad = cookie[:-2] + "xx"
+    s1, _ = core.process(parts(bad), {})
+    s2, _ = core.process(parts(bad), {})
+    assert s1.attribution is not None and s2.attribution is not None
+    assert s1.attribution.visitor_id != s2.attribution.visitor_id
+    assert bad not in core._quiet
+
+
+def test_remembered_requests_are_bounded(
+    clock: list[float], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(core_mod, "_QUIET_SIZE", 3)
+    core = make_core()
+    cookie = land(core)
+    for i in range(7):
+        core.process(parts(f"{cookie}; n={i}"), {})
+        assert len(core._quiet) <= 3
+
+
+def test_attribution_is_made_once_and_only_when_asked(clock: list[float]) -> None:
+    core = make_core()
+    made: list[int] = []
+    real = core._attribution_of
+
+    def counting(*args: Any) -> Any:
+        made.append(1)
+        return real(*args)
+
+    core._attribution_of = counting  # type: ignore[method-assign]
+    state, _ = core.process(parts(query=b"click_id=C1"), {})
+    assert made == []
+    first = state.attribution
+    assert first is state.attribution and made == [1]
+    assert first is not None and first.client.url == "https://shop.test/p?click_id=C1"
+
+
+def test_attribution_made_on_demand_never_raises(
+    clock: list[float], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    core = make_core()
+    state, _ = core.process(parts(query=b"click_id=C1"), {})
+
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("parser bug")
+
+    monkeypatch.setattr(core_mod, "resolve_client_ip", broken)
+    core._trusted = ("10.0.0.0/8",)  # type: ignore[assignment]
+    a = state.attribution
+    assert a is not None and a.touches["kwai"].click_id == "C1"
+    assert a.client.ip is None and a.client.url is None
+    assert "client context not read: RuntimeError" in caplog.text
