@@ -163,7 +163,8 @@ def test_bad_cookies_are_absent() -> None:
     "payload",
     [
         [],
-        {"k": 2, "v": "x", "t": []},
+        {"k": 3, "v": "x", "t": []},
+        {"k": True, "v": "x", "t": []},
         {"k": 1, "v": "", "t": []},
         {"k": 1, "v": 5, "t": []},
         {"k": 1, "v": "x", "t": {}},
@@ -173,6 +174,9 @@ def test_bad_cookies_are_absent() -> None:
         {"k": 1, "v": "x", "t": [["kwai", "c", None, "1", 1, None, 0, 0]]},
         {"k": 1, "v": "x", "t": [["kwai", "c", None, 1, 1, None, [1], 0]]},
         {"k": 1, "v": "x", "t": [["kwai", "c", None, 1, 1, None, 0, {"fbc": 3}]]},
+        {"k": 2, "v": "x", "t": [["kwai", "c", None, 1, 0, ["a"], 0, 0]]},
+        {"k": 2, "v": "x", "t": [["kwai", "c", None, 1, 0, ["a", 1], 0, 0]]},
+        {"k": 2, "v": "x", "t": [["kwai", None, None, 1, 0, ["a", "b"], 0, 0]]},
     ],
 )
 def test_wrong_json_shape_is_absent(payload: object) -> None:
@@ -284,8 +288,87 @@ def test_encoded_payload_is_compact_json() -> None:
         wire = [_touch_to_wire(t) for t in touches.values()]
         assert (
             raw
-            == json.dumps({"k": 1, "v": a.visitor_id, "t": wire}, separators=(",", ":")).encode()
+            == json.dumps({"k": 2, "v": a.visitor_id, "t": wire}, separators=(",", ":")).encode()
         )
+
+
+def _v1_wire(t: Touch) -> list[object]:
+    """A touch as version 1 cookies held it: absolute times, the landing URL whole."""
+    return [
+        t.platform,
+        t.click_id,
+        t.pixel_id,
+        t.first_seen,
+        t.last_seen,
+        t.landing_url,
+        dict(t.utm) or 0,
+        dict(t.extra) or 0,
+    ]
+
+
+def test_version_1_cookies_still_read() -> None:
+    codec = SessionCodec(settings())
+    now = int(time.time())
+    t = Touch(
+        platform="kwai",
+        click_id="CLICK-0123456789",
+        pixel_id="p1",
+        first_seen=now - 50,
+        last_seen=now,
+        landing_url="https://shop.test/?click_id=CLICK-0123456789",
+        utm={"utm_source": "kwai"},
+    )
+    got = codec.decode(codec._dump({"k": 1, "v": "v", "t": [_v1_wire(t)]}))
+    assert got is not None and got.touches == {"kwai": t}
+
+
+def test_compact_wire_form() -> None:
+    codec = SessionCodec(settings())
+    now = int(time.time())
+    click = "ABCDEFGHijklmnop0123456789-_abcdefghIJKLMNOP"
+    url = f"https://shop.test/?click_id={click}&pixel_id=1&utm_source=kwai"
+    cases = [
+        # The click id cut out of the URL, last_seen as seconds after first_seen.
+        Touch(platform="kwai", click_id=click, first_seen=now - 90, last_seen=now, landing_url=url),
+        # Click id twice: the first one is cut; not in the URL, or too short to be worth it.
+        Touch(
+            platform="bigo",
+            click_id="twice-id",
+            first_seen=now,
+            last_seen=now,
+            landing_url="https://x.test/twice-id/?bbg=twice-id",
+        ),
+        Touch(
+            platform="meta",
+            click_id="elsewhere",
+            first_seen=now,
+            last_seen=now,
+            landing_url="https://x.test/?fbclid=other",
+        ),
+        Touch(
+            platform="rokt",
+            click_id="short",
+            first_seen=now,
+            last_seen=now,
+            landing_url="https://x.test/?rtid=short",
+        ),
+        # No URL; a hand-made touch seen "before" its first time.
+        Touch(platform="tiktok", click_id="t", first_seen=now, last_seen=now - 5),
+    ]
+    for t in cases:
+        wire = _touch_to_wire(t)
+        assert wire[4] == t.last_seen - t.first_seen
+        assert _touch_json(t) == json.dumps(wire, separators=(",", ":"))
+        got = codec.decode(codec.encode(Attribution(visitor_id="v", touches={t.platform: t})))
+        assert got is not None and got.touches == {t.platform: t}
+    assert _touch_to_wire(cases[0])[5] == ["https://shop.test/?click_id=", url.split(click)[1]]
+    assert _touch_to_wire(cases[1])[5] == ["https://x.test/", "/?bbg=twice-id"]
+    assert _touch_to_wire(cases[2])[5] == "https://x.test/?fbclid=other"
+    assert _touch_to_wire(cases[3])[5] == "https://x.test/?rtid=short"
+    # A sixth smaller than version 1 for a typical landing.
+    v1 = codec._dump({"k": 1, "v": "v" * 22, "t": [_v1_wire(cases[0])]})
+    v2 = codec.encode(Attribution(visitor_id="v" * 22, touches={"kwai": cases[0]}))
+    assert len(v2) < 0.85 * len(v1)
 
 
 def new_vid(r: random.Random) -> str:
@@ -306,7 +389,7 @@ def test_large_payloads_compressed_and_older_compression_still_read() -> None:
     back = codec.decode(value)
     assert back is not None and back.touches == touches
     # A cookie compressed with zlib's default window (as earlier versions wrote) still decodes.
-    payload = {"k": 1, "v": "v", "t": [_touch_to_wire(t) for t in touches.values()]}
+    payload = {"k": 1, "v": "v", "t": [_v1_wire(t) for t in touches.values()]}
     data = json.dumps(payload, separators=(",", ":")).encode()
     legacy = codec._signer.sign(b"." + base64_encode(zlib.compress(data))).decode()
     old = codec.decode(legacy)

@@ -198,15 +198,36 @@ def _str_map(v: Any, keys: frozenset[str] | None) -> dict[str, str]:
     return out
 
 
+# The payload's version. 2 writes ``last_seen`` as the seconds since ``first_seen`` and the
+# landing URL as [before, after] around the click id when the URL holds it (a landing URL
+# nearly always does): a sixth less cookie on every request. Version 1 cookies still read.
+_VERSION = 2
+
+
+# Shorter click ids are kept in the URL: the two-part form would not be smaller.
+_MIN_CUT = 8
+
+
+def _url_to_wire(url: str | None, click: str | None) -> str | list[str] | None:
+    if not url:
+        return None
+    url = url[:MAX_LANDING_URL]
+    if isinstance(click, str) and len(click) >= _MIN_CUT:
+        i = url.find(click)
+        if i >= 0:
+            return [url[:i], url[i + len(click) :]]
+    return url
+
+
 def _touch_to_wire(t: Touch) -> list[Any]:
-    url = t.landing_url[:MAX_LANDING_URL] if t.landing_url else None
+    first, last = t.first_seen, t.last_seen
     return [
         t.platform,
         t.click_id,
         t.pixel_id,
-        t.first_seen,
-        t.last_seen,
-        url,
+        first,
+        last - first if type(first) is int and type(last) is int else last,
+        _url_to_wire(t.landing_url, t.click_id),
         dict(t.utm) or 0,
         dict(t.extra) or 0,
     ]
@@ -245,18 +266,35 @@ def _touch_json(t: Touch) -> str:
         url = t.landing_url
         utm = t.utm
         extra = t.extra
-        # _esc takes only strings: any other value of a hand-made Touch raises TypeError.
+        if url:
+            url = url[:MAX_LANDING_URL]
+            i = url.find(click) if click is not None and len(click) >= _MIN_CUT else -1
+            # _esc takes only strings: any other value of a hand-made Touch raises TypeError.
+            wired = (
+                _esc(url)
+                if i < 0
+                else f"[{_esc(url[:i])},{_esc(url[i + len(click) :])}]"  # type: ignore[arg-type]
+            )
+        else:
+            wired = "null"
         return (
             f"{opening}{'null' if click is None else _esc(click)},"
-            f"{'null' if pixel is None else _esc(pixel)},{first},{last},"
-            f"{_esc(url[:MAX_LANDING_URL]) if url else 'null'},"
+            f"{'null' if pixel is None else _esc(pixel)},{first},{last - first},{wired},"
             f"{_map_json(utm) if utm else 0},{_map_json(extra) if extra else 0}]"
         )
     except (KeyError, TypeError):
         return _json(_touch_to_wire(t))  # odd values from a hand-made Touch: the general path
 
 
-def _touch_from_wire(w: Any) -> Touch:
+def _url_from_wire(url: Any, click: str | None) -> str | None:
+    if isinstance(url, list):
+        if len(url) != 2 or not click or not all(type(u) is str for u in url):
+            raise ValueError("bad url")
+        url = url[0] + click + url[1]
+    return _str_or_none(url, MAX_LANDING_URL)
+
+
+def _touch_from_wire(w: Any, version: int = _VERSION) -> Touch:
     if not isinstance(w, list) or len(w) != 8:
         raise ValueError("bad touch")
     platform, click, pixel, first, last, url, utm, extra = w
@@ -264,13 +302,14 @@ def _touch_from_wire(w: Any) -> Touch:
         raise ValueError("unknown platform")
     if type(first) is not int or type(last) is not int:
         raise ValueError("bad times")
+    click = _str_or_none(click, MAX_LONG_ID_LENGTH)
     return _touch(
         platform,
-        _str_or_none(click, MAX_LONG_ID_LENGTH),
+        click,
         _str_or_none(pixel, MAX_ID_LENGTH),
         first,
-        last,
-        _str_or_none(url, MAX_LANDING_URL),
+        first + last if version >= 2 else last,
+        _url_from_wire(url, click) if version >= 2 else _str_or_none(url, MAX_LANDING_URL),
         _str_map(utm, None),
         _str_map(extra, _EXTRA_KEYS),
     )
@@ -338,7 +377,10 @@ class SessionCodec:
     def _verify(self, raw: str) -> tuple[int, Attribution, int] | None:
         try:
             payload, signed = self._load(raw)
-            if not isinstance(payload, dict) or payload.get("k") != 1:
+            if not isinstance(payload, dict):
+                return None
+            version = payload.get("k")
+            if version not in (1, _VERSION) or type(version) is not int:
                 return None
             vid = payload.get("v")
             if not isinstance(vid, str) or not 0 < len(vid) <= 64:
@@ -348,7 +390,7 @@ class SessionCodec:
                 return None
             touches: dict[str, Touch] = {}
             for w in wire:
-                t = _touch_from_wire(w)
+                t = _touch_from_wire(w, version)
                 touches[t.platform] = t
         except (BadData, ValueError, TypeError, UnicodeError, OverflowError):
             return None
@@ -404,10 +446,10 @@ class SessionCodec:
         vid = attribution.visitor_id
         if type(vid) is not str:
             wire = [_touch_to_wire(t) for t in attribution.touches.values()]
-            return self._dump({"k": 1, "v": vid, "t": wire})
-        # The bytes _json({"k": 1, "v": vid, "t": [...]}) gives.
+            return self._dump({"k": _VERSION, "v": vid, "t": wire})
+        # The bytes _json({"k": 2, "v": vid, "t": [...]}) gives.
         touches = ",".join(map(_touch_json, attribution.touches.values()))
-        data = f'{{"k":1,"v":{_esc(vid)},"t":[{touches}]}}'.encode()
+        data = f'{{"k":2,"v":{_esc(vid)},"t":[{touches}]}}'.encode()
         if now is None or len(data) >= _COMPRESS_FROM:
             return self._sign_payload(data, now)
         # A landing's payload, inline: base64url without padding, then signed.
