@@ -80,7 +80,10 @@ _PLAIN_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_
 _PLAIN = re.compile(b"[" + re.escape(_PLAIN_BYTES) + b"]*")
 _MISSING: Any = object()
 _NO_CLIENT = ClientContext()
-_QUIET_SIZE = 4096
+# Remembered Cookie headers: at most this many, each at most _QUIET_MAX_CHARS long (a few MB
+# in the worst case; a miss only means the usual parse and cached decode).
+_QUIET_SIZE = 2048
+_QUIET_MAX_CHARS = 4096
 _deferred = RequestState.deferred
 _logged: set[str] = set()
 
@@ -370,6 +373,8 @@ class Core:
         (the bot check only runs when something is), and the cookie's validity and pruning
         only on the clock, hence the span.
         """
+        if len(raw_cookie) > _QUIET_MAX_CHARS:
+            return
         span = self.codec.stable_span(cookies[self._cookie_name])
         if span is None:
             return

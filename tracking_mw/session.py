@@ -268,13 +268,10 @@ def _touch_json(t: Touch) -> str:
         extra = t.extra
         if url:
             url = url[:MAX_LANDING_URL]
-            i = url.find(click) if click is not None and len(click) >= _MIN_CUT else -1
+            cut = len(click) if click is not None and len(click) >= _MIN_CUT else 0
+            i = url.find(click) if cut else -1  # type: ignore[arg-type]
             # _esc takes only strings: any other value of a hand-made Touch raises TypeError.
-            wired = (
-                _esc(url)
-                if i < 0
-                else f"[{_esc(url[:i])},{_esc(url[i + len(click) :])}]"  # type: ignore[arg-type]
-            )
+            wired = _esc(url) if i < 0 else f"[{_esc(url[:i])},{_esc(url[i + cut :])}]"
         else:
             wired = "null"
         return (
