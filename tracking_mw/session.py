@@ -35,6 +35,8 @@ from itsdangerous import BadData, TimestampSigner
 from itsdangerous.encoding import base64_decode, base64_encode, int_to_bytes, want_bytes
 from itsdangerous.signer import HMACAlgorithm
 
+from ._json import dumps_bytes as _fast_json
+from ._json import loads as _loads
 from .attribution import Attribution, Touch, _touch
 from .capture import MAX_ID_LENGTH, MAX_LONG_ID_LENGTH
 from .config import MAX_SET_COOKIE_BYTES, PLATFORMS, Secret, Settings
@@ -90,8 +92,6 @@ def _json_encoder() -> Callable[[Any], str]:
 
 
 _json = _json_encoder()
-# JSON string literal, ASCII only: what the encoder above writes for a str (C when available).
-_esc = json.encoder.encode_basestring_ascii
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 _b2a = binascii.b2a_base64
 
@@ -233,54 +233,30 @@ def _touch_to_wire(t: Touch) -> list[Any]:
     ]
 
 
-# The opening of a touch's JSON per platform name (names are plain ASCII: no escaping needed).
-_OPEN = {p: f"[{json.dumps(p)}," for p in PLATFORMS}
-
-
-def _map_json(m: Any) -> str | int:
-    """``_json(dict(m))``, or 0 when ``m`` is empty (the wire form of utm and extra)."""
-    if not m:
-        return 0
-    try:
-        # A map of strings (every real touch's): its JSON written directly, which costs a
-        # fraction of a call into the encoder for the one or two entries a touch holds.
-        if len(m) == 1:
-            ((key, value),) = m.items()
-            return f"{{{_esc(key)}:{_esc(value)}}}"
-        return "{" + ",".join([_esc(k) + ":" + _esc(v) for k, v in m.items()]) + "}"
-    except (TypeError, AttributeError, ValueError):
-        # Not a map of strings (a hand-made Touch): the encoder's rules (and errors) apply.
-        return _json(m if type(m) is dict else dict(m))
-
-
-def _touch_json(t: Touch) -> str:
-    """``_json(_touch_to_wire(t))``, built directly (same bytes; the landing request's path)."""
-    try:
-        opening = _OPEN[t.platform]
-        first = t.first_seen
-        last = t.last_seen
-        if type(first) is not int or type(last) is not int:  # bool is an int: not here
-            raise TypeError("times")
-        click = t.click_id
-        pixel = t.pixel_id
-        url = t.landing_url
-        utm = t.utm
-        extra = t.extra
-        if url:
-            url = url[:MAX_LANDING_URL]
-            cut = len(click) if click is not None and len(click) >= _MIN_CUT else 0
-            i = url.find(click) if cut else -1  # type: ignore[arg-type]
-            # _esc takes only strings: any other value of a hand-made Touch raises TypeError.
-            wired = _esc(url) if i < 0 else f"[{_esc(url[:i])},{_esc(url[i + cut :])}]"
-        else:
-            wired = "null"
-        return (
-            f"{opening}{'null' if click is None else _esc(click)},"
-            f"{'null' if pixel is None else _esc(pixel)},{first},{last - first},{wired},"
-            f"{_map_json(utm) if utm else 0},{_map_json(extra) if extra else 0}]"
-        )
-    except (KeyError, TypeError):
-        return _json(_touch_to_wire(t))  # odd values from a hand-made Touch: the general path
+def _touch_wire_fast(t: Touch) -> list[Any]:
+    """:func:`_touch_to_wire` for the landing request's path: the touch's own maps, not
+    copies (orjson writes dicts as they are; anything else sends encode() the long way)."""
+    click = t.click_id
+    url = t.landing_url
+    if url:
+        url = url[:MAX_LANDING_URL]
+        if click is not None and len(click) >= _MIN_CUT:
+            i = url.find(click)
+            if i >= 0:
+                url = [url[:i], url[i + len(click) :]]  # type: ignore[assignment]
+    else:
+        url = None
+    first = t.first_seen
+    return [
+        t.platform,
+        click,
+        t.pixel_id,
+        first,
+        t.last_seen - first,
+        url,
+        t.utm or 0,
+        t.extra or 0,
+    ]
 
 
 def _url_from_wire(url: Any, click: str | None) -> str | None:
@@ -403,7 +379,7 @@ class SessionCodec:
             data = zlib.decompressobj().decompress(base64_decode(body[1:]), _MAX_PAYLOAD)
         else:
             data = base64_decode(body)
-        return json.loads(data), signed
+        return _loads(data), signed
 
     def _dump(self, payload: Any) -> str:
         return self._sign_payload(_json(payload).encode("utf-8"), None)
@@ -441,12 +417,17 @@ class SessionCodec:
         ``now`` is the signing time (Unix seconds); by default the signer reads the clock.
         """
         vid = attribution.visitor_id
-        if type(vid) is not str:
-            wire = [_touch_to_wire(t) for t in attribution.touches.values()]
-            return self._dump({"k": _VERSION, "v": vid, "t": wire})
-        # The bytes _json({"k": 2, "v": vid, "t": [...]}) gives.
-        touches = ",".join(map(_touch_json, attribution.touches.values()))
-        data = f'{{"k":2,"v":{_esc(vid)},"t":[{touches}]}}'.encode()
+        touches = attribution.touches.values()
+        try:
+            if type(vid) is not str:
+                raise TypeError("visitor id")
+            # The common case (every touch the middleware makes): one call into orjson.
+            data = _fast_json({"k": _VERSION, "v": vid, "t": list(map(_touch_wire_fast, touches))})
+        except TypeError:
+            # Odd values in a hand-made Attribution: the stdlib encoder's rules (and errors).
+            data = _json(
+                {"k": _VERSION, "v": vid, "t": list(map(_touch_to_wire, touches))}
+            ).encode()
         if now is None or len(data) >= _COMPRESS_FROM:
             return self._sign_payload(data, now)
         # A landing's payload, inline: base64url without padding, then signed.
