@@ -18,7 +18,13 @@ from itsdangerous.encoding import base64_encode
 
 from tracking_mw.attribution import Attribution, ClientContext, Touch
 from tracking_mw.config import MAX_SET_COOKIE_BYTES, Settings
-from tracking_mw.session import SALT, SessionCodec, _touch_to_wire, _touch_wire_fast
+from tracking_mw.session import (
+    SALT,
+    SessionCodec,
+    _KeyedBLAKE2b,
+    _touch_to_wire,
+    _touch_wire_fast,
+)
 
 KEY_A = "a" * 32
 KEY_B = "b" * 32
@@ -236,7 +242,11 @@ def test_decode_cache_is_bounded() -> None:
 def test_signing_matches_itsdangerous_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:
     codec = SessionCodec(settings(secret_key=[KEY_A, KEY_B]))
     stock = TimestampSigner(
-        [KEY_B, KEY_A], salt=SALT, key_derivation="hmac", digest_method=hashlib.sha256
+        [KEY_B, KEY_A],
+        salt=SALT,
+        key_derivation="hmac",
+        digest_method=hashlib.sha256,
+        algorithm=_KeyedBLAKE2b(),
     )
     for ts in (1_800_000_000, 1_800_000_001, 1_800_000_001, 1_900_000_000):
         monkeypatch.setattr(codec._signer, "get_timestamp", lambda ts=ts: ts)
@@ -245,6 +255,26 @@ def test_signing_matches_itsdangerous_byte_for_byte(monkeypatch: pytest.MonkeyPa
             signed = codec._signer.sign(value)
             assert signed == stock.sign(value)
             assert stock.unsign(signed) == (value.encode() if isinstance(value, str) else value)
+
+
+def test_cookies_signed_with_hmac_sha256_still_read() -> None:
+    # Earlier versions signed with itsdangerous' HMAC-SHA256; those cookies stay valid.
+    codec = SessionCodec(settings(secret_key=[KEY_A, KEY_B]))
+    a = sample()
+    body = codec.encode(a).rsplit(".", 2)[0]
+    for key in (KEY_A, KEY_B):
+        old = TimestampSigner(key, salt=SALT, key_derivation="hmac", digest_method=hashlib.sha256)
+        legacy = old.sign(body).decode()
+        assert legacy != codec.encode(a)
+        got = codec.decode(legacy)
+        assert got is not None and got.touches == a.touches
+        # Tampered, it is rejected under either algorithm.
+        assert codec.decode(legacy[:-3] + ("AAA" if legacy[-3:] != "AAA" else "BBB")) is None
+    # A key that is not listed verifies under neither.
+    other = TimestampSigner(
+        "z" * 32, salt=SALT, key_derivation="hmac", digest_method=hashlib.sha256
+    )
+    assert codec.decode(other.sign(body).decode()) is None
 
 
 def _random_touch(r: random.Random) -> Touch:

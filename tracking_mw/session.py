@@ -33,7 +33,7 @@ from typing import Any, cast
 
 from itsdangerous import BadData, TimestampSigner
 from itsdangerous.encoding import base64_decode, base64_encode, int_to_bytes, want_bytes
-from itsdangerous.signer import HMACAlgorithm
+from itsdangerous.signer import HMACAlgorithm, SigningAlgorithm
 
 from ._json import dumps_bytes as _fast_json
 from ._json import loads as _loads
@@ -105,7 +105,9 @@ _shed_logged = False
 
 
 class _HMACSHA256(HMACAlgorithm):
-    """itsdangerous' HMAC-SHA256, with the keyed state reused (same bytes, less work)."""
+    """itsdangerous' HMAC-SHA256, with the keyed state reused (same bytes, less work).
+
+    Cookies were signed with it before keyed BLAKE2b; it still verifies them."""
 
     def __init__(self) -> None:
         super().__init__(hashlib.sha256)
@@ -128,12 +130,36 @@ class _HMACSHA256(HMACAlgorithm):
         return cast(bytes, mac.digest())
 
 
+_blake2b = hashlib.blake2b
+
+
+class _KeyedBLAKE2b(SigningAlgorithm):
+    """BLAKE2b-256 in its keyed mode (BLAKE2's own MAC construction, RFC 7693).
+
+    Why not HMAC: a landing request signs one cookie, and in a busy server process the
+    HMAC-SHA256 path (an OpenSSL context copied per call) cost about 6 µs more per landing
+    than this single call. Signatures are 32 bytes like HMAC-SHA256's. Cookies signed with
+    HMAC-SHA256 (by earlier versions) still verify, so no visitor loses attribution.
+    """
+
+    def __init__(self) -> None:
+        self.legacy = _HMACSHA256()
+
+    def get_signature(self, key: bytes, value: bytes) -> bytes:
+        return _blake2b(value, key=key, digest_size=32).digest()
+
+    def verify_signature(self, key: bytes, value: bytes, sig: bytes) -> bool:
+        return hmac.compare_digest(sig, self.get_signature(key, value)) or hmac.compare_digest(
+            sig, self.legacy.get_signature(key, value)
+        )
+
+
 class _Signer(TimestampSigner):
     """itsdangerous' TimestampSigner with each key's derivation done once, not per call.
 
     Verification is itsdangerous' own ``unsign``. :meth:`sign` produces the very bytes
-    ``TimestampSigner.sign`` does (a test compares them), through the same ``get_timestamp``,
-    derived key and HMAC, with the encoded timestamp reused within a second.
+    ``TimestampSigner.sign`` does with the same algorithm (a test compares them), through the
+    same ``get_timestamp`` and derived key, with the encoded timestamp reused within a second.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -141,7 +167,7 @@ class _Signer(TimestampSigner):
         self._derived: dict[bytes | str | None, bytes] = {}
         self._sep = want_bytes(self.sep)
         self._stamp: tuple[int, bytes] = (-1, b"")
-        self._signing: Any = None
+        self._signing: bytes | None = None
 
     def sign(self, value: str | bytes) -> bytes:
         """``value.<timestamp>.<signature>``, exactly as ``TimestampSigner.sign``."""
@@ -154,16 +180,14 @@ class _Signer(TimestampSigner):
         stamp = self._stamp
         if stamp[0] != now:
             stamp = self._stamp = (now, self._sep + base64_encode(int_to_bytes(now)))
-        keyed = self._signing
-        if keyed is None:
-            algorithm = self.algorithm
-            if not isinstance(algorithm, _HMACSHA256):
+        key = self._signing
+        if key is None:
+            if not isinstance(self.algorithm, _KeyedBLAKE2b):
                 value += stamp[1]
                 return value + self._sep + self.get_signature(value)
-            # Signing always uses the newest key: its keyed state is looked up once.
-            keyed = self._signing = algorithm.keyed(self.derive_key())
-        mac = keyed.copy()
-        mac.update(value)
+            # Signing always uses the newest key: derived once.
+            key = self._signing = self.derive_key()
+        mac = _blake2b(value, key=key, digest_size=32)
         mac.update(stamp[1])
         # 32 bytes are 44 base64 characters ending in one "=": cut it instead of stripping.
         sig = _b2a(mac.digest(), newline=False)[:43].translate(_URLSAFE)
@@ -300,7 +324,7 @@ class SessionCodec:
             salt=SALT,
             key_derivation="hmac",
             digest_method=hashlib.sha256,
-            algorithm=_HMACSHA256(),
+            algorithm=_KeyedBLAKE2b(),
         )
         self.name = settings.cookie_name
         self.max_age = int(settings.cookie_max_age)
