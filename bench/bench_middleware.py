@@ -18,10 +18,17 @@ Scenarios, all served by one server process, each app under its own first path s
 
 The load generator is an asyncio client over raw sockets in this process, with pre-built
 requests and minimal response parsing; it is far cheaper per request than the server, so the
-server is the bottleneck. Each scenario runs in seven rounds, interleaved with the others, and
-reports its best round, which filters out noise from other work on the machine. One server
+server is the bottleneck. Each scenario runs in twelve rounds; in every round the bare app is
+measured right before and right after it, and its ratio to the mean of those two is one
+paired sample. The median of the rounds is reported: this machine's speed drifts by a third
+over seconds to minutes, which a pair measured within three seconds mostly shares. One server
 for all scenarios: separate server processes differed by 10% or more between runs (memory
 layout, caches), more than the differences measured.
+
+A second measure needs no sockets: uvicorn's own ``H11Protocol`` is fed the same request bytes
+in this process (stand-in transport), so only the server's Python code runs: steadier, and it
+shows what the middleware costs inside a real server loop (two to three times its cost in a
+tight in-process loop, where its code and data stay in the CPU caches).
 
 Run standalone with ``python -m bench.bench_middleware``.
 """
@@ -53,9 +60,9 @@ LANDING = (
     "/?click_id=ABCDEFGHijklmnop0123456789-_abcdefghIJKLMNOP&pixel_id=123456789&utm_source=kwai"
 )
 CONNECTIONS = 16
-WARMUP = 0.4
-DURATION = 1.2
-ROUNDS = 7
+WARMUP = 0.3
+DURATION = 1.0
+ROUNDS = 12
 INPROCESS_ROUNDS = 40
 PROTOCOL_ROUNDS = 40
 
