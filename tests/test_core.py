@@ -164,3 +164,67 @@ def test_attribution_made_on_demand_never_raises(
     assert a is not None and a.touches["kwai"].click_id == "C1"
     assert a.client.ip is None and a.client.url is None
     assert "client context not read: RuntimeError" in caplog.text
+
+
+def _meta_settings() -> dict[str, Any]:
+    from tracking_mw.testing import FakePlatforms
+
+    overrides = FakePlatforms().settings_overrides("http://127.0.0.1:9")
+    return {"meta": overrides["meta"], "bigo": overrides["bigo"]}
+
+
+BOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+
+
+def test_remembered_answers_equal_the_full_path(clock: list[float]) -> None:
+    """Over time and for several visitors, the core that remembers answers exactly as a
+    fresh core (no memory, no decode cache) does for each request."""
+    extra = _meta_settings()
+    core = make_core(cookie_max_age=2 * DAY, **extra)
+    landing, written = core.process(
+        parts(query=b"fbclid=IwAR0abcdefghijklmnop&bbg=BBG-123456789"), {}
+    )
+    assert landing.attribution is not None
+    vid = landing.attribution.visitor_id
+    jar = dict(w.split(";", 1)[0].split("=", 1) for w in written)
+    assert set(jar) == {"_tmw", "_fbc", "_fbp"}
+    everything = "; ".join(f"{k}={v}" for k, v in jar.items())
+    headers = [
+        everything,
+        f"_tmw={jar['_tmw']}",  # the pixel cookies lost: written back every time
+        f"{everything}; _bge_bbg=BBG-123456789",  # Bigo's cookie repeats the click id
+        f"{everything}; _bge_ci=CI-1",
+    ]
+    start = clock[0]
+    for offset in (0, 5, 3599, 3600, 3601, 7300, DAY, 2 * DAY, 2 * DAY + 1):
+        for ua in (parts().user_agent, BOT):
+            for header in headers:
+                clock[0] = start + offset
+                for _ in range(2):  # the second time may come from memory
+                    state, written = core.process(parts(header, user_agent=ua), {})
+                    fresh_state, fresh_written = make_core(cookie_max_age=2 * DAY, **extra).process(
+                        parts(header, user_agent=ua), {}
+                    )
+                    a, b = state.attribution, fresh_state.attribution
+                    assert a is not None and b is not None
+                    assert [w.split(";")[0].split("=")[0] for w in written] == [
+                        w.split(";")[0].split("=")[0] for w in fresh_written
+                    ], (offset, ua, header[-20:])
+                    # The same visitor, or both a new one (the cookie expired).
+                    assert (a.visitor_id == vid) == (b.visitor_id == vid)
+                    if a.visitor_id == vid:
+                        assert a.touches == b.touches, (offset, header[-20:])
+                    else:  # new random ids (fbp) on both sides: the same touches otherwise
+                        assert a.touches.keys() == b.touches.keys()
+    assert core._quiet  # the memory was used along the way
+
+
+def test_pixel_cookie_page_views_are_remembered(clock: list[float]) -> None:
+    core = make_core(**_meta_settings())
+    _, written = core.process(parts(query=b"fbclid=IwAR0abcdefghijklmnop"), {})
+    header = "; ".join(w.split(";", 1)[0] for w in written)
+    _, again = core.process(parts(header), {})
+    assert again == [] and header in core._quiet
+    _, until, stored = core._quiet[header]
+    # Until the hourly last_seen refresh could first apply, at the latest.
+    assert until <= min(t.last_seen for t in stored.touches.values()) + 3599

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 from ._context import RequestState
 from .attribution import (
+    LAST_SEEN_REFRESH,
     Attribution,
     ClientContext,
     Touch,
@@ -354,6 +355,10 @@ class Core:
             visitor = stored.visitor_id
 
         kept: Mapping[str, Touch] = touches
+        if not changed and not set_cookies and not query and stored is not None and raw_cookie:
+            # Pixel cookies captured again with nothing new (every page view of a visitor
+            # on a site that uses Meta): as quiet as a request with nothing to capture.
+            self._remember_quiet(raw_cookie, cookies, stored)
         if changed:
             written = self.codec.set_cookie(_attribution(visitor, touches, _NO_CLIENT), now)
             if written is not None:
@@ -366,22 +371,26 @@ class Core:
     def _remember_quiet(
         self, raw_cookie: str, cookies: dict[str, str], stored: Attribution
     ) -> None:
-        """Remember that a request without a query and with this Cookie header has nothing
-        to capture or write, for as long as the session cookie decodes the same.
+        """Remember that a request without a query and with this Cookie header writes
+        nothing and shows ``stored``, for as long as that cannot change.
 
-        The outcome depends on nothing else then: the header alone decides what is captured
-        (the bot check only runs when something is), and the cookie's validity and pruning
-        only on the clock, hence the span.
+        The header alone decides what is captured and merged; a bot's request captures
+        nothing, which also writes nothing and shows ``stored``. The clock decides the rest:
+        the cookie's validity and pruning (its stable span), and the hourly ``last_seen``
+        refresh of a click id that comes again (from a pixel cookie), hence the end time.
         """
         if len(raw_cookie) > _QUIET_MAX_CHARS:
             return
         span = self.codec.stable_span(cookies[self._cookie_name])
         if span is None:
             return
+        until = span[1]
+        for t in stored.touches.values():
+            until = min(until, t.last_seen + LAST_SEEN_REFRESH - 1)
         quiet = self._quiet
         if len(quiet) >= _QUIET_SIZE:
             quiet.clear()
-        quiet[raw_cookie] = (span[0], span[1], stored)
+        quiet[raw_cookie] = (span[0], until, stored)
 
     def _page_url(self, parts: RequestParts) -> str:
         """The URL of a request without a query string (see process())."""
