@@ -105,7 +105,17 @@ async def _session_read(request: Request) -> Response:
     return HTMLResponse(PAGE)
 
 
-VARIANTS = ("bare", "tracking", "session-write", "session-capture", "session-read")
+VARIANTS = (
+    "bare",
+    "tracking",
+    "tracking-meta",
+    "session-write",
+    "session-capture",
+    "session-read",
+)
+# A Meta landing: the middleware writes _tmw, _fbc and _fbp, which every later page view sends.
+META_LANDING = "/?fbclid=IwAR2F4-dbP0l7Mn1IawQQGCINEz7PYXQvwjNwB_qa2ofrHyiLjcbCRxTDMgk"
+META_LATER = "TrackingMiddleware with Meta configured, later request (_tmw, _fbc, _fbp)"
 
 
 def _variant_app(variant: str) -> Any:
@@ -120,12 +130,19 @@ def _variant_app(variant: str) -> Any:
             middleware=[Middleware(SessionMiddleware, secret_key=SECRET, https_only=False)],
         )
     app = Starlette(routes=[Route(root, _page)])
-    if variant == "tracking":
+    if variant.startswith("tracking"):
         from tracking_mw.asgi import TrackingMiddleware
         from tracking_mw.config import Settings
+        from tracking_mw.testing import FakePlatforms
 
+        # Meta's credentials point nowhere: nothing is sent, no dispatcher runs.
+        meta = FakePlatforms().settings_overrides("http://127.0.0.1:9")["meta"]
         settings = Settings(
-            secret_key=SECRET, cookie_secure=False, outbox="memory://", start_dispatcher=False
+            secret_key=SECRET,
+            cookie_secure=False,
+            outbox="memory://",
+            start_dispatcher=False,
+            meta=meta if variant == "tracking-meta" else None,
         )
         return TrackingMiddleware(app, settings)
     return app
@@ -214,17 +231,28 @@ async def _load(port: int, req: bytes, duration: float, pid: int) -> tuple[int, 
     return count, latencies, cpu1 - cpu0
 
 
-async def _fetch_cookie(port: int, path: str, name: str) -> str:
+def _set_cookies(head: str) -> list[str]:
+    """The ``name=value`` of every Set-Cookie line of a response head."""
+    return [
+        line.split(":", 1)[1].strip().split(";", 1)[0]
+        for line in head.split("\r\n")
+        if line.lower().startswith("set-cookie:")
+    ]
+
+
+async def _fetch_cookie(port: int, path: str, name: str | None) -> str:
+    """The cookie ``name`` a request to ``path`` gets, or all of them as a Cookie header."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         head, _ = await _one(reader, writer, _request(path, None))
     finally:
         writer.close()
-    for line in head.decode("latin-1").split("\r\n"):
-        if line.lower().startswith("set-cookie:") and line.split(":", 1)[1].strip().startswith(
-            name
-        ):
-            return line.split(":", 1)[1].strip().split(";", 1)[0]
+    cookies = _set_cookies(head.decode("latin-1"))
+    if name is None and cookies:
+        return "; ".join(cookies)
+    for cookie in cookies:
+        if cookie.startswith(f"{name}="):
+            return cookie
     raise RuntimeError(f"no {name} cookie from {path}")
 
 
@@ -262,6 +290,9 @@ def _scenarios() -> list[Scenario]:
     def tmw(port: int) -> str | None:
         return asyncio.run(_fetch_cookie(port, "/tracking" + LANDING, "_tmw"))
 
+    def meta(port: int) -> str | None:
+        return asyncio.run(_fetch_cookie(port, "/tracking-meta" + META_LANDING, None))
+
     def session(port: int) -> str | None:
         return asyncio.run(_fetch_cookie(port, "/session-read/set", "session"))
 
@@ -277,6 +308,7 @@ def _scenarios() -> list[Scenario]:
         ("bare app, request with a same-size cookie", same_size, "/bare/"),
         ("TrackingMiddleware, landing (capture + Set-Cookie)", none, "/tracking" + LANDING),
         ("TrackingMiddleware, later request (valid cookie)", tmw, "/tracking/"),
+        (META_LATER, meta, "/tracking-meta/"),
         ("SessionMiddleware, writing a new session", none, "/session-write/"),
         (SESSION_WRITE_LANDING, none, "/session-write" + LANDING),
         (SESSION_CAPTURE, none, "/session-capture" + LANDING),
@@ -389,22 +421,28 @@ def _protocol() -> dict[str, float]:
                 while state.tasks:
                     await asyncio.sleep(0)
 
-        def set_cookie(name: str) -> str:
+        def set_cookie(name: str | None) -> str:
             head = b"".join(conns[0].transport.out).decode("latin-1")  # type: ignore[attr-defined]
-            for line in head.split("\r\n"):
-                if line.lower().startswith("set-cookie: " + name + "="):
-                    return line.split(": ", 1)[1].split(";", 1)[0]
+            for proto in conns:
+                proto.transport.out.clear()  # type: ignore[attr-defined]
+            cookies = _set_cookies(head)
+            if name is None and cookies:
+                return "; ".join(cookies)
+            for cookie in cookies:
+                if cookie.startswith(f"{name}="):
+                    return cookie
             raise RuntimeError(f"no {name} cookie")
 
         await serve(_request("/session-read/set", None), 1)
         session = set_cookie("session")
-        for proto in conns:
-            proto.transport.out.clear()  # type: ignore[attr-defined]
         await serve(_request("/tracking" + LANDING, None), 1)
         tmw = set_cookie("_tmw")
+        await serve(_request("/tracking-meta" + META_LANDING, None), 1)
+        meta = set_cookie(None)
         cookies = {
             "bare app, request with a same-size cookie": "_tmw=" + "x" * (len(tmw) - 5),
             "TrackingMiddleware, later request (valid cookie)": tmw,
+            META_LATER: meta,
             "SessionMiddleware, reading a session": session,
         }
         reqs = [(label, _request(path, cookies.get(label))) for label, _, path in _scenarios()]
@@ -446,6 +484,9 @@ def _inprocess() -> list[tuple[str, float]]:
     )
     tracking = TrackingMiddleware(trivial, settings)
     tracking._started = True
+    tracking_meta = _variant_app("tracking-meta")
+    tracking_meta.app = trivial
+    tracking_meta._started = True
     sessions = SessionMiddleware(session_app, secret_key=SECRET)
 
     async def capture_app(scope: Any, receive: Any, send: Any) -> None:
@@ -498,6 +539,12 @@ def _inprocess() -> list[tuple[str, float]]:
         await tracking(scope(path, query, None), receive, send)
         tmw = cookie_of("_tmw")
         sent.clear()
+        mpath, _, mquery = META_LANDING.partition("?")
+        await tracking_meta(scope(mpath, mquery, None), receive, send)
+        meta = "; ".join(
+            v.decode().split(";", 1)[0] for k, v in sent[0]["headers"] if k == b"set-cookie"
+        )
+        sent.clear()
         await sessions(scope("/set", "", None), receive, send)
         sess = cookie_of("session")
         sent.clear()
@@ -506,6 +553,12 @@ def _inprocess() -> list[tuple[str, float]]:
             ("trivial ASGI app", trivial, scope("/", "", None), 4_000),
             ("TrackingMiddleware, landing", tracking, landing, 1_000),
             ("TrackingMiddleware, later request", tracking, scope("/", "", tmw), 4_000),
+            (
+                "TrackingMiddleware with Meta configured, later request",
+                tracking_meta,
+                scope("/", "", meta),
+                4_000,
+            ),
             ("SessionMiddleware, writing", sessions, scope("/set", "", None), 1_000),
             ("SessionMiddleware, writing, same landing URL", sessions, landing, 1_000),
             ("SessionMiddleware, keeping the same attribution by hand", capturing, landing, 1_000),
@@ -619,7 +672,8 @@ def run() -> str:
         f"Targets (capacity, paired medians): later request >= 0.90x bare: **{later_cap:.2f}x** "
         f"({'met' if later_cap >= 0.90 else 'missed'}; wall clock {wall[later_l]:.2f}x; "
         "against the bare app given the same request, cookie included: "
-        f"**{later_same:.2f}x**); landing >= SessionMiddleware writing "
+        f"**{later_same:.2f}x**; with Meta configured, its two pixel cookies on every "
+        f"request: **{paired[META_LATER]:.2f}x**); landing >= SessionMiddleware writing "
         f"({'met' if landing_met else 'missed'}): **{landing_vs:.2f}x** of it on `/`, "
         f"**{landing_vs_same:.2f}x** of it given the same landing request. Like for like, "
         "against a view that keeps the same attribution in Starlette's session by hand: "
@@ -638,7 +692,8 @@ def run() -> str:
     rows += [f"| {label} | {us:.1f} | {pb / us:.2f}x |" for label, us in protocol.items()]
     rows += [
         "",
-        f"There: later request **{pb / protocol[later_l]:.2f}x** bare; landing "
+        f"There: later request **{pb / protocol[later_l]:.2f}x** bare "
+        f"(**{pb / protocol[META_LATER]:.2f}x** with Meta configured); landing "
         f"**{protocol[writing_l] / protocol[landing_l]:.2f}x** of a session write on `/` and "
         f"**{protocol[SESSION_WRITE_LANDING] / protocol[landing_l]:.2f}x** of one given the "
         "same landing request.",
