@@ -231,13 +231,20 @@ async def _load(port: int, req: bytes, duration: float, pid: int) -> tuple[int, 
     return count, latencies, cpu1 - cpu0
 
 
-def _set_cookies(head: str) -> list[str]:
-    """The ``name=value`` of every Set-Cookie line of a response head."""
-    return [
+def _cookie_from(head: str, name: str | None) -> str:
+    """Cookie ``name=value`` set by a response head; with ``name`` None, all of them as one
+    Cookie header (what the browser sends back)."""
+    cookies = [
         line.split(":", 1)[1].strip().split(";", 1)[0]
         for line in head.split("\r\n")
         if line.lower().startswith("set-cookie:")
     ]
+    if name is None and cookies:
+        return "; ".join(cookies)
+    for cookie in cookies:
+        if cookie.startswith(f"{name}="):
+            return cookie
+    raise RuntimeError(f"no {name} cookie set")
 
 
 async def _fetch_cookie(port: int, path: str, name: str | None) -> str:
@@ -247,13 +254,7 @@ async def _fetch_cookie(port: int, path: str, name: str | None) -> str:
         head, _ = await _one(reader, writer, _request(path, None))
     finally:
         writer.close()
-    cookies = _set_cookies(head.decode("latin-1"))
-    if name is None and cookies:
-        return "; ".join(cookies)
-    for cookie in cookies:
-        if cookie.startswith(f"{name}="):
-            return cookie
-    raise RuntimeError(f"no {name} cookie from {path}")
+    return _cookie_from(head.decode("latin-1"), name)
 
 
 def _serve() -> tuple[Any, int]:
@@ -425,13 +426,7 @@ def _protocol() -> dict[str, float]:
             head = b"".join(conns[0].transport.out).decode("latin-1")  # type: ignore[attr-defined]
             for proto in conns:
                 proto.transport.out.clear()  # type: ignore[attr-defined]
-            cookies = _set_cookies(head)
-            if name is None and cookies:
-                return "; ".join(cookies)
-            for cookie in cookies:
-                if cookie.startswith(f"{name}="):
-                    return cookie
-            raise RuntimeError(f"no {name} cookie")
+            return _cookie_from(head, name)
 
         await serve(_request("/session-read/set", None), 1)
         session = set_cookie("session")
@@ -603,6 +598,21 @@ def _rounds(port: int, pid: int, scenarios: list[Scenario]) -> list[dict[str, di
     return out
 
 
+def _cpu_table(intro: str, column: str, values: dict[str, float], base: float | None) -> list[str]:
+    """A Markdown table of microseconds per scenario, with capacity ratios to ``base``."""
+    ratio = " capacity ratio |" if base else ""
+    rows = [
+        "",
+        intro,
+        "",
+        f"| scenario | {column} |{ratio}",
+        "|---|---:|" + ("---:|" if base else ""),
+    ]
+    for label, us in values.items():
+        rows.append(f"| {label} | {us:.1f} |" + (f" {base / us:.2f}x |" if base else ""))
+    return rows
+
+
 def run() -> str:
     """Measure every scenario; a Markdown section with requests/s, latency and ratios."""
     scenarios = _scenarios()
@@ -680,16 +690,14 @@ def run() -> str:
         f"**{like:.2f}x**.",
     ]
     pb = protocol["bare app"]
-    rows += [
-        "",
+    rows += _cpu_table(
         "The same apps behind uvicorn's own h11 protocol class, driven in this process with "
         "the same request bytes and a stand-in transport (no sockets, no load generator: the "
         f"server's Python code only; CPU time, best of {PROTOCOL_ROUNDS} interleaved loops):",
-        "",
-        "| scenario | server CPU us/request | capacity ratio |",
-        "|---|---:|---:|",
-    ]
-    rows += [f"| {label} | {us:.1f} | {pb / us:.2f}x |" for label, us in protocol.items()]
+        "server CPU us/request",
+        protocol,
+        pb,
+    )
     rows += [
         "",
         f"There: later request **{pb / protocol[later_l]:.2f}x** bare "
@@ -701,15 +709,13 @@ def run() -> str:
     ip_landing = inproc["TrackingMiddleware, landing"]
     ip_vs = inproc["SessionMiddleware, writing"] / ip_landing
     ip_vs_same = inproc["SessionMiddleware, writing, same landing URL"] / ip_landing
-    rows += [
-        "",
+    rows += _cpu_table(
         "In-process CPU cost per request (middleware around a trivial ASGI app, no network; "
         f"best of {INPROCESS_ROUNDS} interleaved loops):",
-        "",
-        "| scenario | microseconds/request |",
-        "|---|---:|",
-    ]
-    rows += [f"| {label} | {us:.1f} |" for label, us in inproc.items()]
+        "microseconds/request",
+        inproc,
+        None,
+    )
     rows += [
         "",
         f"In process, a landing costs {1 / ip_vs:.2f}x the CPU of a SessionMiddleware write on "
