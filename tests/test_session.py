@@ -184,6 +184,9 @@ def test_bad_cookies_are_absent() -> None:
         {"k": 2, "v": "x", "t": [["kwai", "c", None, 1, 0, ["a"], 0, 0]]},
         {"k": 2, "v": "x", "t": [["kwai", "c", None, 1, 0, ["a", 1], 0, 0]]},
         {"k": 2, "v": "x", "t": [["kwai", None, None, 1, 0, ["a", "b"], 0, 0]]},
+        {"k": 2, "v": "x", "t": [["meta", "c", None, 1, 0, None, 0, {"fbc": ["a"]}]]},
+        {"k": 2, "v": "x", "t": [["meta", "c", None, 1, 0, None, 0, {"fbc": ["a", 2]}]]},
+        {"k": 2, "v": "x", "t": [["meta", None, None, 1, 0, None, 0, {"fbc": ["a", "b"]}]]},
     ],
 )
 def test_wrong_json_shape_is_absent(payload: object) -> None:
@@ -417,6 +420,24 @@ def test_compact_wire_form() -> None:
     assert _touch_to_wire(cases[1])[5] == ["https://x.test/", "/?bbg=twice-id"]
     assert _touch_to_wire(cases[2])[5] == "https://x.test/?fbclid=other"
     assert _touch_to_wire(cases[3])[5] == "https://x.test/?rtid=short"
+    # Meta's fbc holds the fbclid: cut the same way; fbp does not.
+    fbclid = "IwAR2F4-dbP0l7Mn1IawQQGCINEz7PYXQvwjNwB_qa2ofrHyiLjcbCRxTDMgk"
+    meta = Touch(
+        platform="meta",
+        click_id=fbclid,
+        first_seen=now,
+        last_seen=now,
+        landing_url=f"https://shop.test/?fbclid={fbclid}",
+        extra={"fbc": f"fb.1.1700000000000.{fbclid}", "fbp": "fb.1.1700000000000.12345"},
+    )
+    wire = _touch_to_wire(meta)
+    assert wire[7] == {"fbc": ["fb.1.1700000000000.", ""], "fbp": "fb.1.1700000000000.12345"}
+    assert _touch_wire_fast(meta) == wire
+    got = codec.decode(codec.encode(Attribution(visitor_id="v", touches={"meta": meta})))
+    assert got is not None and got.touches == {"meta": meta}
+    v1_meta = codec._dump({"k": 1, "v": "v" * 22, "t": [_v1_wire(meta)]})
+    v2_meta = codec.encode(Attribution(visitor_id="v" * 22, touches={"meta": meta}))
+    assert len(v2_meta) < 0.75 * len(v1_meta)
     # A sixth smaller than version 1 for a typical landing.
     v1 = codec._dump({"k": 1, "v": "v" * 22, "t": [_v1_wire(cases[0])]})
     v2 = codec.encode(Attribution(visitor_id="v" * 22, touches={"kwai": cases[0]}))

@@ -222,38 +222,60 @@ def _str_map(v: Any, keys: frozenset[str] | None) -> dict[str, str]:
     return out
 
 
-# The payload's version. 2 writes ``last_seen`` as the seconds since ``first_seen`` and the
-# landing URL as [before, after] around the click id when the URL holds it (a landing URL
-# nearly always does): a sixth less cookie on every request. Version 1 cookies still read.
+# The payload's version. 2 writes ``last_seen`` as the seconds since ``first_seen``, and the
+# landing URL and extra values (Meta's ``fbc``) as [before, after] around the click id when
+# they hold it (a landing URL nearly always does): a sixth less cookie for a Kwai landing, a
+# quarter less for a Meta one, sent with every request. Version 1 cookies still read.
 _VERSION = 2
 
-
-# Shorter click ids are kept in the URL: the two-part form would not be smaller.
+# Shorter click ids are kept in place: the two-part form would not be smaller.
 _MIN_CUT = 8
 
 
-def _url_to_wire(url: str | None, click: str | None) -> str | list[str] | None:
-    if not url:
-        return None
-    url = url[:MAX_LANDING_URL]
-    if isinstance(click, str) and len(click) >= _MIN_CUT:
-        i = url.find(click)
+def _cut(text: str, click: str | None) -> str | list[str]:
+    """``text``, or [before, after] around the first ``click`` in it (see _VERSION)."""
+    if type(click) is str and len(click) >= _MIN_CUT:
+        i = text.find(click)
         if i >= 0:
-            return [url[:i], url[i + len(click) :]]
-    return url
+            return [text[:i], text[i + len(click) :]]
+    return text
+
+
+def _uncut(value: Any, click: str | None) -> Any:
+    """The text :func:`_cut` made ``value`` from; anything but a list as it is."""
+    if type(value) is not list:
+        return value
+    if len(value) != 2 or not click or not all(type(v) is str for v in value):
+        raise ValueError("bad two-part value")
+    return value[0] + click + value[1]
+
+
+def _cut_map(m: Any, click: str | None) -> Any:
+    """A touch's ``extra`` on the wire: values cut around the click id, 0 when empty."""
+    if not m:
+        return 0
+    if type(click) is not str or len(click) < _MIN_CUT:
+        return m
+    out = dict(m)
+    for k, v in out.items():
+        if type(v) is str and click in v:
+            out[k] = _cut(v, click)
+    return out
 
 
 def _touch_to_wire(t: Touch) -> list[Any]:
     first, last = t.first_seen, t.last_seen
+    click = t.click_id
+    url = t.landing_url
     return [
         t.platform,
-        t.click_id,
+        click,
         t.pixel_id,
         first,
         last - first if type(first) is int and type(last) is int else last,
-        _url_to_wire(t.landing_url, t.click_id),
+        _cut(url[:MAX_LANDING_URL], click) if url else None,
         dict(t.utm) or 0,
-        dict(t.extra) or 0,
+        _cut_map(dict(t.extra), click),
     ]
 
 
@@ -262,14 +284,6 @@ def _touch_wire_fast(t: Touch) -> list[Any]:
     copies (orjson writes dicts as they are; anything else sends encode() the long way)."""
     click = t.click_id
     url = t.landing_url
-    if url:
-        url = url[:MAX_LANDING_URL]
-        if click is not None and len(click) >= _MIN_CUT:
-            i = url.find(click)
-            if i >= 0:
-                url = [url[:i], url[i + len(click) :]]  # type: ignore[assignment]
-    else:
-        url = None
     first = t.first_seen
     return [
         t.platform,
@@ -277,18 +291,10 @@ def _touch_wire_fast(t: Touch) -> list[Any]:
         t.pixel_id,
         first,
         t.last_seen - first,
-        url,
+        _cut(url[:MAX_LANDING_URL], click) if url else None,
         t.utm or 0,
-        t.extra or 0,
+        _cut_map(t.extra, click),
     ]
-
-
-def _url_from_wire(url: Any, click: str | None) -> str | None:
-    if isinstance(url, list):
-        if len(url) != 2 or not click or not all(type(u) is str for u in url):
-            raise ValueError("bad url")
-        url = url[0] + click + url[1]
-    return _str_or_none(url, MAX_LANDING_URL)
 
 
 def _touch_from_wire(w: Any, version: int = _VERSION) -> Touch:
@@ -300,13 +306,18 @@ def _touch_from_wire(w: Any, version: int = _VERSION) -> Touch:
     if type(first) is not int or type(last) is not int:
         raise ValueError("bad times")
     click = _str_or_none(click, MAX_LONG_ID_LENGTH)
+    if version >= 2:
+        last += first
+        url = _uncut(url, click)
+        if extra and isinstance(extra, dict):
+            extra = {k: _uncut(v, click) for k, v in extra.items()}
     return _touch(
         platform,
         click,
         _str_or_none(pixel, MAX_ID_LENGTH),
         first,
-        first + last if version >= 2 else last,
-        _url_from_wire(url, click) if version >= 2 else _str_or_none(url, MAX_LANDING_URL),
+        last,
+        _str_or_none(url, MAX_LANDING_URL),
         _str_map(utm, None),
         _str_map(extra, _EXTRA_KEYS),
     )
