@@ -10,6 +10,11 @@ One request, in order:
 5. Meta's ``fbc``/``fbp`` are built or reused; touches are merged (attribution.merge_touch);
 6. ``Set-Cookie`` values are produced only for what changed.
 
+A returning visitor's page view without a query string, whose exact Cookie header already
+led to nothing being written, gets that answer again straight away (steps 2-6 skipped) for as
+long as it cannot change (see ``Core._remember_quiet``). The attribution shown to views, with
+the request's client context, is assembled only when a view asks for it (``RequestState``).
+
 ``fbp`` is created only when Meta is configured or an ``fbclid`` arrived: a site that does not
 use Meta gets no Meta cookie. When the browser lost its ``_fbp``/``_fbc`` but the session still
 has them, the stored values are written back instead of new ones, so the ids stay stable.
