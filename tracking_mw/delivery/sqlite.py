@@ -139,14 +139,12 @@ _LOCK = fork_safe_rlock()
 # One event as one row: ``heads`` is a JSON array of [platform, batch_key, item length],
 # ``items`` the items' JSON texts joined by RS (see _RS), in the same order. The row is
 # written only if no delivery of the event exists yet (an index lookup, no page written).
+_INTO_EVENTS = "INSERT INTO events (event_id, event_name, event_time, created_at, heads, items)"
 _EVENT_INSERT = (
-    "INSERT INTO events (event_id, event_name, event_time, created_at, heads, items)"
-    " SELECT ?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = ?)"
+    _INTO_EVENTS
+    + " SELECT ?,?,?,?,?,? WHERE NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = ?)"
 )
-_EVENT_INSERT_ANY = (
-    "INSERT INTO events (event_id, event_name, event_time, created_at, heads, items)"
-    " VALUES (?,?,?,?,?,?)"
-)
+_EVENT_INSERT_ANY = _INTO_EVENTS + " VALUES (?,?,?,?,?,?)"
 _NEW_EVENTS = "SELECT id, event_id, created_at, heads FROM events WHERE id > ? ORDER BY id LIMIT ?"
 _NEW_EVENTS_WITH_ITEMS = (
     "SELECT id, event_id, created_at, heads, event_name, event_time, items FROM events"

@@ -17,13 +17,13 @@ Answers: 2xx with ``events_received == len(data)`` is ok. Errors come as
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._json import dumps as _dumps
+from .._json import loads as _loads
 from .._normalize import meta_hash_cached, normalize_ip_cached
 from ..attribution import Attribution
 from ..config import MetaConfig, Settings
@@ -189,7 +189,7 @@ class MetaAdapter(Adapter):
         parts: list[str] = []
         for text in items_json:
             if not (text.startswith(prefix) and text.endswith("}")):
-                return self.build([json.loads(t) for t in items_json])
+                return self.build([_loads(t) for t in items_json])
             parts.append(text[start:-1])
         return self._request(self.config.pixel_id, "[" + ",".join(parts) + "]")
 
