@@ -39,18 +39,6 @@ class RequestState:
         self.runtime = runtime
         self.consent = consent
 
-    @classmethod
-    def deferred(cls, build: Callable[[], Attribution], runtime: Runtime | None) -> RequestState:
-        """A consenting visitor's state whose attribution ``build()`` makes on first use.
-
-        Most pages never ask for the attribution: the client context (IP, cleaned user
-        agent, URL) is then never assembled. ``build`` must not raise and must return equal
-        values if two threads of one request race to call it.
-        """
-        state = cls(None, runtime, True)
-        state._build = build
-        return state
-
     @property
     def attribution(self) -> Attribution | None:
         """The attribution (see the class docstring); made now if it was deferred."""
@@ -70,6 +58,24 @@ class RequestState:
             f"RequestState(attribution={self.attribution!r}, runtime={self.runtime!r}, "
             f"consent={self.consent!r})"
         )
+
+
+_new_state = object.__new__
+
+
+def deferred_state(build: Callable[[], Attribution], runtime: Runtime | None) -> RequestState:
+    """A consenting visitor's state whose attribution ``build()`` makes on first use.
+
+    Most pages never ask for the attribution: the client context (IP, cleaned user agent,
+    URL) is then never assembled. ``build`` must not raise and must return equal values if
+    two threads of one request race to call it. (Made without ``__init__``: every request.)
+    """
+    state: RequestState = _new_state(RequestState)
+    state._attribution = None
+    state._build = build
+    state.runtime = runtime
+    state.consent = True
+    return state
 
 
 _state: ContextVar[RequestState | None] = ContextVar("tracking_mw_state", default=None)

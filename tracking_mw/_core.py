@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote
 
 from ._context import RequestState
+from ._context import deferred_state as _deferred
 from .attribution import (
     LAST_SEEN_REFRESH,
     Attribution,
@@ -90,7 +91,6 @@ _NO_CLIENT = ClientContext()
 # in the worst case; a miss only means the usual parse and cached decode).
 _QUIET_SIZE = 2048
 _QUIET_MAX_CHARS = 4096
-_deferred = RequestState.deferred
 _logged: set[str] = set()
 
 
@@ -288,10 +288,16 @@ class Core:
             need_fbp = False
         if not found and not need_fbp and not query and stored is not None and raw_cookie:
             self._remember_quiet(raw_cookie, cookies, stored)
-        elif (found or need_fbp) and not self._capture_bots and parts.user_agent:
-            agent = self._agent_of(parts.user_agent)
-            if agent and self._is_bot(agent):
-                found, need_fbp = {}, False
+        elif (found or need_fbp) and not self._capture_bots and (ua := parts.user_agent):
+            agent = self._agents.get(ua, _MISSING)
+            if agent is _MISSING:
+                agent = self._agent(ua)
+            if agent:
+                bot = self._bots.get(agent)
+                if bot is None:
+                    bot = self._is_bot(agent)
+                if bot:
+                    found, need_fbp = {}, False
 
         if not found and not need_fbp:
             # Nothing to write. The attribution is assembled only if the app asks for it.

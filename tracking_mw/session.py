@@ -187,11 +187,10 @@ class _Signer(TimestampSigner):
                 return value + self._sep + self.get_signature(value)
             # Signing always uses the newest key: derived once.
             key = self._signing = self.derive_key()
-        mac = _blake2b(value, key=key, digest_size=32)
-        mac.update(stamp[1])
+        value += stamp[1]
+        mac = _blake2b(value, key=key, digest_size=32).digest()
         # 32 bytes are 44 base64 characters ending in one "=": cut it instead of stripping.
-        sig = _b2a(mac.digest(), newline=False)[:43].translate(_URLSAFE)
-        return b"".join((value, stamp[1], self._sep, sig))
+        return value + self._sep + _b2a(mac, newline=False)[:43].translate(_URLSAFE)
 
     def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
         key = self._derived.get(secret_key)
