@@ -39,7 +39,6 @@ from .attribution import (
     Touch,
     _attribution,
     _client,
-    _ids,
     _merge,
     _random16,
     _touch,
@@ -251,14 +250,12 @@ class Core:
             params = {}
             url = None
         else:
-            host = parts.host
-            if not host or not self._hosts.get(host):
-                host = self._host(host, parts.server)
+            origin = self._origin(parts)
             if len(query) <= MAX_URL * 2 and not query.translate(None, _PLAIN_BYTES):
                 # URL-safe ASCII, nearly every real query: decoded once, for the URL and the
                 # parse.
                 text = query.decode("ascii")
-                url = f"{parts.scheme}://{host}{parts.path}?{text}"
+                url = f"{origin}?{text}"
                 if "%" in text or "+" in text:
                     params = _parse_query_text(text, self._wanted_text)
                 else:
@@ -268,7 +265,7 @@ class Core:
                 params = _parse_query(query, self._wanted_query)
                 q = query[: MAX_URL * 2]
                 safe = q.decode("ascii") if _PLAIN.fullmatch(q) else quote(q, safe=_QUERY_SAFE)
-                url = f"{parts.scheme}://{host}{parts.path}?{safe}"
+                url = f"{origin}?{safe}"
             if len(url) > MAX_URL:
                 url = url[:MAX_URL]
 
@@ -286,18 +283,12 @@ class Core:
             need_fbp = meta_found.click_id is not None and "fbp" not in meta_found.extra
         else:
             need_fbp = False
-        if not found and not need_fbp and not query and stored is not None and raw_cookie:
-            self._remember_quiet(raw_cookie, cookies, stored)
-        elif (found or need_fbp) and not self._capture_bots and (ua := parts.user_agent):
-            agent = self._agents.get(ua, _MISSING)
-            if agent is _MISSING:
-                agent = self._agent(ua)
-            if agent:
-                bot = self._bots.get(agent)
-                if bot is None:
-                    bot = self._is_bot(agent)
-                if bot:
-                    found, need_fbp = {}, False
+        if not found and not need_fbp:
+            self._remember_quiet(parts, cookies, stored)
+        elif not self._capture_bots and parts.user_agent:
+            agent = self._agent_of(parts.user_agent)
+            if agent and self._is_bot(agent):
+                found, need_fbp = {}, False
 
         if not found and not need_fbp:
             # Nothing to write. The attribution is assembled only if the app asks for it.
@@ -307,11 +298,7 @@ class Core:
                 )
             else:
                 # The visitor id is drawn now: the attribution must not change if made twice.
-                try:
-                    visitor = _ids.pop()  # new_visitor_id(), its common case inline
-                except IndexError:
-                    visitor = new_visitor_id()
-                build = _partial(self._attribution_of, parts, url, visitor, {})
+                build = _partial(self._attribution_of, parts, url, new_visitor_id(), {})
             return _deferred(build, runtime), []
 
         set_cookies: list[str] = []
@@ -342,10 +329,7 @@ class Core:
                     inc.extra,
                 )
             changed = True
-            try:
-                visitor = _ids.pop()  # new_visitor_id(), its common case inline
-            except IndexError:
-                visitor = new_visitor_id()
+            visitor = new_visitor_id()
         else:
             touches = dict(stored.touches)
             changed = False
@@ -366,10 +350,10 @@ class Core:
             visitor = stored.visitor_id
 
         kept: Mapping[str, Touch] = touches
-        if not changed and not set_cookies and not query and stored is not None and raw_cookie:
+        if not changed and not set_cookies:
             # Pixel cookies captured again with nothing new (every page view of a visitor
             # on a site that uses Meta): as quiet as a request with nothing to capture.
-            self._remember_quiet(raw_cookie, cookies, stored)
+            self._remember_quiet(parts, cookies, stored)
         if changed:
             written = self.codec.set_cookie(_attribution(visitor, touches, _NO_CLIENT), now)
             if written is not None:
@@ -380,17 +364,20 @@ class Core:
         return _deferred(build, runtime), set_cookies
 
     def _remember_quiet(
-        self, raw_cookie: str, cookies: dict[str, str], stored: Attribution
+        self, parts: RequestParts, cookies: dict[str, str], stored: Attribution | None
     ) -> None:
         """Remember that a request without a query and with this Cookie header writes
-        nothing and shows ``stored``, for as long as that cannot change.
+        nothing and shows ``stored``, for as long as that cannot change. (Called for any
+        request that writes nothing; only those without a query and with a valid session
+        cookie are kept.)
 
         The header alone decides what is captured and merged; a bot's request captures
         nothing, which also writes nothing and shows ``stored``. The clock decides the rest:
         the cookie's validity and pruning (its stable span), and the hourly ``last_seen``
         refresh of a click id that comes again (from a pixel cookie), hence the end time.
         """
-        if len(raw_cookie) > _QUIET_MAX_CHARS:
+        raw_cookie = parts.cookie
+        if parts.query or stored is None or not raw_cookie or len(raw_cookie) > _QUIET_MAX_CHARS:
             return
         span = self.codec.stable_span(cookies[self._cookie_name])
         if span is None:
@@ -403,12 +390,16 @@ class Core:
             quiet.clear()
         quiet[raw_cookie] = (span[0], until, stored)
 
-    def _page_url(self, parts: RequestParts) -> str:
-        """The URL of a request without a query string (see process())."""
+    def _origin(self, parts: RequestParts) -> str:
+        """``scheme://host/path`` of the request (no query string)."""
         host = parts.host
         if not host or not self._hosts.get(host):
             host = self._host(host, parts.server)
-        url = f"{parts.scheme}://{host}{parts.path}"
+        return f"{parts.scheme}://{host}{parts.path}"
+
+    def _page_url(self, parts: RequestParts) -> str:
+        """The URL of a request without a query string (see process())."""
+        url = self._origin(parts)
         return url[:MAX_URL] if len(url) > MAX_URL else url
 
     def _agent_of(self, ua: str) -> str | None:

@@ -238,11 +238,7 @@ class TrackingMiddleware:
 
 
 def _cookie_sender(send: Send, cookies: list[str]) -> Send:
-    encoded = (
-        [(b"set-cookie", cookies[0].encode("latin-1"))]
-        if len(cookies) == 1
-        else [(b"set-cookie", c.encode("latin-1")) for c in cookies]
-    )
+    encoded = [(b"set-cookie", c.encode("latin-1")) for c in cookies]
 
     # A plain function handing back the server's awaitable: no coroutine of its own per message.
     def sender(message: Message) -> Awaitable[None]:
