@@ -624,3 +624,46 @@ async def test_user_agent_cleaning_is_remembered_per_agent(mw: TrackingMiddlewar
             r = await c.get("/", headers={"user-agent": long})
             got = r.json()["attribution"]["client"]["user_agent"]
             assert got == long[:1024]
+
+
+async def test_remembered_later_requests_read_this_request_only() -> None:
+    """A repeat page view answered from the Cookie header alone: the attribution still
+    carries this request's client context, read as the request arrived."""
+
+    async def changing(scope: Any, receive: Any, send: Any) -> None:
+        # An app that rewrites its scope before the view asks for the attribution.
+        scope["headers"] = [(b"user-agent", b"rewritten")]
+        scope["client"] = ("192.0.2.99", 1)
+        scope["path"], scope["raw_path"] = "/elsewhere", b"/elsewhere"
+        a = current_attribution()
+        body = (a.client.user_agent or "") + "|" + (a.client.ip or "") + "|" + (a.client.url or "")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body.encode()})
+
+    mw = TrackingMiddleware(changing, make_settings())
+    seen = mw._core._quiet
+    async with client_for(mw) as c:
+        await c.get("/?click_id=K1&pixel_id=P1")
+        first = await c.get("/a")  # decoded, then remembered
+        assert len(seen) == 1
+        for peer_ua in ("agent-2", "agent-3"):
+            r = await c.get("/b", headers={"user-agent": peer_ua})
+            assert r.status_code == 200 and tmw_cookies(r) == []
+            assert r.text == f"{peer_ua}|198.51.100.7|http://shop.test/b"
+        assert first.text == f"{CHROME}|198.51.100.7|http://shop.test/a"
+
+
+async def test_consent_hook_sees_every_repeat_request() -> None:
+    calls: list[str] = []
+
+    def consent(scope: Any) -> bool:
+        calls.append(scope["path"])
+        return True
+
+    mw = TrackingMiddleware(starlette_app(), make_settings(consent=consent))
+    async with client_for(mw) as c:
+        await c.get("/?click_id=K1&pixel_id=P1")
+        for _ in range(3):
+            r = await c.get("/")
+            assert r.json()["attribution"]["touches"]["kwai"]["click_id"] == "K1"
+    assert calls == ["/"] * 4

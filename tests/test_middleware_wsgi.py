@@ -261,3 +261,30 @@ def test_construction(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRACKING_SECRET_KEY", raising=False)
     with pytest.raises(ConfigurationError, match="TRACKING_SECRET_KEY"):
         TrackingWSGIMiddleware(flask_app().wsgi_app)
+
+
+def test_remembered_later_requests_read_this_request_only() -> None:
+    """A repeat page view answered from the Cookie header alone: the attribution still
+    carries this request's client context, read as the request arrived."""
+
+    def changing(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        # An app that rewrites its environ before the view asks for the attribution.
+        environ["HTTP_USER_AGENT"] = "rewritten"
+        environ["REMOTE_ADDR"] = "192.0.2.99"
+        environ["PATH_INFO"] = "/elsewhere"
+        a = current_attribution()
+        assert a is not None
+        body = f"{a.client.user_agent}|{a.client.ip}|{a.client.url}"
+        start_response("200 OK", [("content-type", "text/plain")])
+        return [body.encode()]
+
+    mw = TrackingWSGIMiddleware(changing, make_settings())
+    with client_for(mw) as c:
+        c.get("/?click_id=K1&pixel_id=P1")
+        first = c.get("/a")  # decoded, then remembered
+        assert len(mw._core._quiet) == 1
+        for ua in ("agent-2", "agent-3"):
+            r = c.get("/b", headers={"user-agent": ua})
+            assert r.status_code == 200 and tmw(r) == []
+            assert r.text == f"{ua}|198.51.100.8|http://shop.test/b"
+    assert first.text == f"{CHROME}|198.51.100.8|http://shop.test/a"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from functools import partial as _partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote
@@ -91,6 +91,11 @@ _NO_CLIENT = ClientContext()
 _QUIET_SIZE = 2048
 _QUIET_MAX_CHARS = 4096
 _logged: set[str] = set()
+
+
+def _given(parts: RequestParts) -> RequestParts:
+    """The parts themselves (``_partial(_given, parts)`` when a maker is expected)."""
+    return parts
 
 
 def _log_once(key: str, message: str, *args: object) -> None:
@@ -225,15 +230,10 @@ class Core:
         raw_cookie = parts.cookie
         if raw_cookie:
             if not parts.query:
-                # A returning visitor's page view, seen before with this very Cookie header
-                # and nothing to capture: the same answer again, without parsing or decoding.
-                quiet = self._quiet.get(raw_cookie)
-                if quiet is not None and quiet[0] <= now <= quiet[1]:
-                    known = quiet[2]
-                    build = _partial(
-                        self._attribution_of, parts, None, known.visitor_id, known.touches
-                    )
-                    return _deferred(build, runtime), []
+                # The glue asked quiet() first, unless a consent hook is set.
+                entry = self._quiet.get(raw_cookie)
+                if entry is not None and entry[0] <= now <= entry[1]:
+                    return self._recalled(entry[2], _partial(_given, parts)), []
             cookies = parse_cookies(raw_cookie, self._cookie_names)
             stored = self.codec.decode(cookies.get(self._cookie_name), now) if cookies else None
         else:
@@ -362,6 +362,48 @@ class Core:
                 kept = shed.touches  # the oldest touches may have been shed to fit
         build = _partial(self._attribution_of, parts, url, visitor, kept)
         return _deferred(build, runtime), set_cookies
+
+    def quiet(
+        self, cookie: str, freeze: Callable[[], Callable[[], RequestParts]]
+    ) -> RequestState | None:
+        """The state of a request without a query string whose Cookie header is remembered
+        (see _remember_quiet), or ``None``: then ``process()`` handles the request.
+
+        A returning visitor's page view, seen before with this very Cookie header and
+        nothing to capture, gets the same answer again without parsing or decoding, and
+        without reading the rest of the request: only on a hit is ``freeze()`` called, to
+        keep what the request parts are made of (``make_parts``, called if a view asks for
+        the attribution). With a consent hook this is never used: the hook sees every
+        request in ``process()``.
+        """
+        if self._consent is not None:
+            return None
+        entry = self._quiet.get(cookie)
+        if entry is None:
+            return None
+        now = int(time.time())
+        if now < entry[0] or now > entry[1]:
+            return None
+        return self._recalled(entry[2], freeze())
+
+    def _recalled(self, known: Attribution, make_parts: Callable[[], RequestParts]) -> RequestState:
+        """The deferred state of a remembered answer (``_quiet``) that holds now."""
+        build = _partial(self._attribution_later, make_parts, known.visitor_id, known.touches)
+        return _deferred(build, self.runtime)
+
+    def _attribution_later(
+        self,
+        make_parts: Callable[[], RequestParts],
+        visitor: str,
+        touches: Mapping[str, Touch],
+    ) -> Attribution:
+        """:meth:`_attribution_of` with the request parts made now. Never raises."""
+        try:
+            parts = make_parts()
+        except Exception as exc:  # tracking must never break the host app
+            logger.error("tracking_mw: client context not read: %s", type(exc).__name__)
+            return _attribution(visitor, touches, _NO_CLIENT)
+        return self._attribution_of(parts, None, visitor, touches)
 
     def _remember_quiet(
         self, parts: RequestParts, cookies: dict[str, str], stored: Attribution | None

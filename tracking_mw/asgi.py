@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from functools import partial as _partial
 from typing import Any
 from urllib.parse import quote
 
@@ -87,6 +88,22 @@ def _parts(scope: Scope) -> RequestParts:
     )
 
 
+def _cookie_header(scope: Scope) -> str | None:
+    """The Cookie header as :func:`_parts` reads it (split headers joined), or None."""
+    found: str | None = None
+    for name, value in scope.get("headers") or ():
+        if name == b"cookie":
+            text = value.decode("latin-1")
+            found = text if found is None else found + "; " + text
+    return found
+
+
+def _frozen_parts(scope: Scope) -> Callable[[], RequestParts]:
+    """:func:`_parts` of the request as it is now, made later (if a view asks): the app
+    may change its scope (a router adds keys, a middleware headers) before that."""
+    return _partial(_parts, {**scope, "headers": list(scope.get("headers") or ())})
+
+
 # RequestParts is a named tuple: its fields in order, straight into tuple.__new__.
 _new_parts = tuple.__new__
 
@@ -152,9 +169,16 @@ class TrackingMiddleware:
             return
         if not self._started:
             await self._startup()
-        state: RequestState | None
+        state: RequestState | None = None
+        cookies: list[str] = []
         try:
-            state, cookies = self._core.process(_parts(scope), scope)
+            if not scope.get("query_string"):
+                # A returning visitor's page view is answered from the Cookie header alone.
+                cookie = _cookie_header(scope)
+                if cookie is not None:
+                    state = self._core.quiet(cookie, _partial(_frozen_parts, scope))
+            if state is None:
+                state, cookies = self._core.process(_parts(scope), scope)
         except Exception as exc:  # tracking must never break the host app
             logger.error("tracking_mw: request not tracked: %s", type(exc).__name__)
             state = None

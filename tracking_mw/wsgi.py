@@ -12,7 +12,8 @@ cheap, idempotent and re-started in a forked worker).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial as _partial
 from typing import Any
 from urllib.parse import quote
 
@@ -55,6 +56,12 @@ def _parts(environ: WSGIEnviron) -> RequestParts:
     )
 
 
+def _frozen_parts(environ: WSGIEnviron) -> Callable[[], RequestParts]:
+    """:func:`_parts` of the request as it is now, made later (if a view asks): the app
+    may change its environ before that."""
+    return _partial(_parts, dict(environ))
+
+
 class TrackingWSGIMiddleware:
     """Capture ad identifiers into a signed cookie and expose them to views (WSGI).
 
@@ -76,9 +83,16 @@ class TrackingWSGIMiddleware:
             self._runtime.ensure_thread_dispatcher()
         except Exception as exc:
             logger.error("tracking_mw: dispatcher thread failed to start: %s", type(exc).__name__)
-        state: RequestState | None
+        state: RequestState | None = None
+        cookies: list[str] = []
         try:
-            state, cookies = self._core.process(_parts(environ), environ)
+            if not environ.get("QUERY_STRING"):
+                # A returning visitor's page view is answered from the Cookie header alone.
+                cookie = environ.get("HTTP_COOKIE")
+                if cookie:
+                    state = self._core.quiet(cookie, _partial(_frozen_parts, environ))
+            if state is None:
+                state, cookies = self._core.process(_parts(environ), environ)
         except Exception as exc:  # tracking must never break the host app
             logger.error("tracking_mw: request not tracked: %s", type(exc).__name__)
             state = None
