@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from functools import partial as _partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import quote
 
 from ._context import RequestState
@@ -137,6 +137,13 @@ class RequestParts(NamedTuple):
     forwarded: str | None
 
 
+# What a glue hands quiet() to keep the request's parts from (an ASGI scope, a WSGI environ).
+_S = TypeVar("_S")
+# A remembered quiet answer: valid from, until, the attribution, and the builder of the
+# attribution a view sees (given the request's parts maker).
+_Quiet = tuple[int, int, Attribution, Callable[[Callable[[], RequestParts]], Attribution]]
+
+
 class Core:
     """Protocol-independent tracking logic for one :class:`Settings` (no per-request state)."""
 
@@ -161,8 +168,10 @@ class Core:
         # The bot flag per stored agent string (useragent.py caches the parse; this skips
         # two calls to reach it on every landing).
         self._bots: dict[str, bool] = {}
-        # Cookie header -> (from, until, attribution) of returning visitors' quiet requests.
-        self._quiet: dict[str, tuple[int, int, Attribution]] = {}
+        # Cookie header -> (from, until, attribution, its builder) of returning visitors'
+        # quiet requests; the builder (_attribution_later with the attribution's parts bound)
+        # is made once per entry, not per request.
+        self._quiet: dict[str, _Quiet] = {}
         meta_attrs = f"; Max-Age={int(settings.meta_cookie_max_age)}; Path=/"
         if settings.cookie_domain:
             meta_attrs += f"; Domain={settings.cookie_domain}"
@@ -233,7 +242,7 @@ class Core:
                 # The glue asked quiet() first, unless a consent hook is set.
                 entry = self._quiet.get(raw_cookie)
                 if entry is not None and entry[0] <= now <= entry[1]:
-                    return self._recalled(entry[2], _partial(_given, parts)), []
+                    return _deferred(_partial(entry[3], _partial(_given, parts)), runtime), []
             cookies = parse_cookies(raw_cookie, self._cookie_names)
             stored = self.codec.decode(cookies.get(self._cookie_name), now) if cookies else None
         else:
@@ -364,16 +373,16 @@ class Core:
         return _deferred(build, runtime), set_cookies
 
     def quiet(
-        self, cookie: str, freeze: Callable[[], Callable[[], RequestParts]]
+        self, cookie: str, freeze: Callable[[_S], Callable[[], RequestParts]], source: _S
     ) -> RequestState | None:
         """The state of a request without a query string whose Cookie header is remembered
         (see _remember_quiet), or ``None``: then ``process()`` handles the request.
 
         A returning visitor's page view, seen before with this very Cookie header and
         nothing to capture, gets the same answer again without parsing or decoding, and
-        without reading the rest of the request: only on a hit is ``freeze()`` called, to
-        keep what the request parts are made of (``make_parts``, called if a view asks for
-        the attribution). With a consent hook this is never used: the hook sees every
+        without reading the rest of the request: only on a hit is ``freeze(source)`` called,
+        to keep what the request parts are made of (its result makes them, if a view asks
+        for the attribution). With a consent hook this is never used: the hook sees every
         request in ``process()``.
         """
         if self._consent is not None:
@@ -384,18 +393,13 @@ class Core:
         now = int(time.time())
         if now < entry[0] or now > entry[1]:
             return None
-        return self._recalled(entry[2], freeze())
-
-    def _recalled(self, known: Attribution, make_parts: Callable[[], RequestParts]) -> RequestState:
-        """The deferred state of a remembered answer (``_quiet``) that holds now."""
-        build = _partial(self._attribution_later, make_parts, known.visitor_id, known.touches)
-        return _deferred(build, self.runtime)
+        return _deferred(_partial(entry[3], freeze(source)), self.runtime)
 
     def _attribution_later(
         self,
-        make_parts: Callable[[], RequestParts],
         visitor: str,
         touches: Mapping[str, Touch],
+        make_parts: Callable[[], RequestParts],
     ) -> Attribution:
         """:meth:`_attribution_of` with the request parts made now. Never raises."""
         try:
@@ -430,7 +434,8 @@ class Core:
         quiet = self._quiet
         if len(quiet) >= _QUIET_SIZE:
             quiet.clear()
-        quiet[raw_cookie] = (span[0], until, stored)
+        build = _partial(self._attribution_later, stored.visitor_id, stored.touches)
+        quiet[raw_cookie] = (span[0], until, stored, build)
 
     def _origin(self, parts: RequestParts) -> str:
         """``scheme://host/path`` of the request (no query string)."""

@@ -176,7 +176,7 @@ class TrackingMiddleware:
                 # A returning visitor's page view is answered from the Cookie header alone.
                 cookie = _cookie_header(scope)
                 if cookie is not None:
-                    state = self._core.quiet(cookie, _partial(_frozen_parts, scope))
+                    state = self._core.quiet(cookie, _frozen_parts, scope)
             if state is None:
                 state, cookies = self._core.process(_parts(scope), scope)
         except Exception as exc:  # tracking must never break the host app

@@ -90,7 +90,7 @@ class TrackingWSGIMiddleware:
                 # A returning visitor's page view is answered from the Cookie header alone.
                 cookie = environ.get("HTTP_COOKIE")
                 if cookie:
-                    state = self._core.quiet(cookie, _partial(_frozen_parts, environ))
+                    state = self._core.quiet(cookie, _frozen_parts, environ)
             if state is None:
                 state, cookies = self._core.process(_parts(environ), environ)
         except Exception as exc:  # tracking must never break the host app
