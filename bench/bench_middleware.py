@@ -9,6 +9,9 @@ Scenarios, all served by one server process, each app under its own first path s
   cookie (capture, sign, ``Set-Cookie``).
 - ``tracking later``: ``TrackingMiddleware``, every request with a valid session cookie and
   nothing new (decode, expose, no ``Set-Cookie``).
+- ``passthrough``: the least a pure ASGI middleware that shares per-request state with views
+  can do (set a ContextVar, call the app, reset it), given the later request's very bytes:
+  the floor for ``tracking later``.
 - ``session write`` / ``session read``: Starlette's ``SessionMiddleware`` writing a session on
   every request, and reading one without changing it (the yardstick). Writing is measured
   twice: on ``/`` and on the very landing request the tracking scenario gets (same request
@@ -42,6 +45,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from starlette.applications import Starlette
@@ -107,6 +111,7 @@ async def _session_read(request: Request) -> Response:
 
 VARIANTS = (
     "bare",
+    "passthrough",
     "tracking",
     "tracking-meta",
     "session-write",
@@ -116,6 +121,22 @@ VARIANTS = (
 # A Meta landing: the middleware writes _tmw, _fbc and _fbp, which every later page view sends.
 META_LANDING = "/?fbclid=IwAR2F4-dbP0l7Mn1IawQQGCINEz7PYXQvwjNwB_qa2ofrHyiLjcbCRxTDMgk"
 META_LATER = "TrackingMiddleware with Meta configured, later request (_tmw, _fbc, _fbp)"
+PASSTHROUGH = "pure ASGI middleware setting a ContextVar, the later request's bytes"
+_passthrough_state: ContextVar[object] = ContextVar("bench_passthrough", default=None)
+
+
+class _Passthrough:
+    """The least a pure ASGI middleware exposing per-request state to views does."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        token = _passthrough_state.set(scope)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _passthrough_state.reset(token)
 
 
 def _variant_app(variant: str) -> Any:
@@ -130,6 +151,8 @@ def _variant_app(variant: str) -> Any:
             middleware=[Middleware(SessionMiddleware, secret_key=SECRET, https_only=False)],
         )
     app = Starlette(routes=[Route(root, _page)])
+    if variant == "passthrough":
+        return _Passthrough(app)
     if variant.startswith("tracking"):
         from tracking_mw.asgi import TrackingMiddleware
         from tracking_mw.config import Settings
@@ -313,6 +336,7 @@ def _scenarios() -> list[Scenario]:
         (SESSION_CAPTURE, none, "/session-capture" + LANDING),
         ("TrackingMiddleware, later request (valid cookie)", tmw, "/tracking/"),
         ("bare app, request with a same-size cookie", same_size, "/bare/"),
+        (PASSTHROUGH, tmw, "/passthrough/"),
         (META_LATER, meta, "/tracking-meta/"),
         ("SessionMiddleware, reading a session", session, "/session-read/"),
     ]
@@ -403,6 +427,7 @@ def _protocol() -> dict[str, float]:
         cookies = {
             "bare app, request with a same-size cookie": "_tmw=" + "x" * (len(tmw) - 5),
             "TrackingMiddleware, later request (valid cookie)": tmw,
+            PASSTHROUGH: tmw,
             META_LATER: meta,
             "SessionMiddleware, reading a session": session,
         }
@@ -649,7 +674,9 @@ def run() -> str:
         f"({'met' if later_cap >= 0.90 else 'missed'}; wall clock {wall[later_l]:.2f}x; "
         "against the bare app given the same request, cookie included: "
         f"**{later_same:.2f}x**; with Meta configured, its two pixel cookies on every "
-        f"request: **{paired[META_LATER]:.2f}x**); landing >= SessionMiddleware writing "
+        f"request: **{paired[META_LATER]:.2f}x**; the floor, a pure ASGI middleware that only "
+        f"sets a ContextVar, given the same request: **{paired[PASSTHROUGH]:.2f}x**); "
+        "landing >= SessionMiddleware writing "
         f"({'met' if landing_met else 'missed'}): **{landing_vs:.2f}x** of it on `/`, "
         f"**{landing_vs_same:.2f}x** of it given the same landing request. Like for like, "
         "against a view that keeps the same attribution in Starlette's session by hand: "
@@ -667,7 +694,8 @@ def run() -> str:
     rows += [
         "",
         f"There: later request **{pb / protocol[later_l]:.2f}x** bare "
-        f"(**{pb / protocol[META_LATER]:.2f}x** with Meta configured); landing "
+        f"(**{pb / protocol[META_LATER]:.2f}x** with Meta configured; the pure ASGI "
+        f"middleware that only sets a ContextVar: **{pb / protocol[PASSTHROUGH]:.2f}x**); landing "
         f"**{protocol[writing_l] / protocol[landing_l]:.2f}x** of a session write on `/` and "
         f"**{protocol[SESSION_WRITE_LANDING] / protocol[landing_l]:.2f}x** of one given the "
         "same landing request.",
