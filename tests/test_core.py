@@ -225,6 +225,6 @@ def test_pixel_cookie_page_views_are_remembered(clock: list[float]) -> None:
     header = "; ".join(w.split(";", 1)[0] for w in written)
     _, again = core.process(parts(header), {})
     assert again == [] and header in core._quiet
-    _, until, stored, _ = core._quiet[header]
-    # Until the hourly last_seen refresh could first apply, at the latest.
-    assert until <= min(t.last_seen for t in stored.touches.values()) + 3599
+    _, end, stored, _ = core._quiet[header]
+    # Until the hourly last_seen refresh could first apply, at the latest (end excluded).
+    assert end <= min(t.last_seen for t in stored.touches.values()) + 3600

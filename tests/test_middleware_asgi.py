@@ -653,6 +653,44 @@ async def test_remembered_later_requests_read_this_request_only() -> None:
         assert first.text == f"{CHROME}|198.51.100.7|http://shop.test/a"
 
 
+async def test_split_cookie_headers_are_remembered_joined(mw: TrackingMiddleware) -> None:
+    """HTTP/2 may split the Cookie header: a repeat view whose cookies come in two headers
+    is remembered by the joined header and answered from memory like any other."""
+    async with client_for(mw) as c:
+        r = await c.get("/?click_id=K1&pixel_id=P1")
+        tmw = "_tmw=" + str(r.cookies["_tmw"])
+    seen: list[str | None] = []
+
+    async def view(scope: Any, receive: Any, send: Any) -> None:
+        a = current_attribution()
+        seen.append(a.click_id("kwai") if a is not None else None)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    mw.app = view
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/p",
+        "raw_path": b"/p",
+        "query_string": b"",
+        "headers": [(b"cookie", b"a=1"), (b"host", b"shop.test"), (b"cookie", tmw.encode())],
+    }
+    await mw(dict(scope), _never, _ignore)
+    assert list(mw._core._quiet) == [b"a=1; " + tmw.encode()]
+    decoded: list[str] = []
+    real = mw._core.codec.decode
+
+    def counting(raw: str | None, now: int | None = None) -> Any:
+        decoded.append("decode")
+        return real(raw, now)
+
+    mw._core.codec.decode = counting  # type: ignore[method-assign]
+    for _ in range(2):
+        await mw(dict(scope), _never, _ignore)
+    assert seen == ["K1"] * 3 and decoded == []  # answered from memory
+
+
 async def test_consent_hook_sees_every_repeat_request() -> None:
     calls: list[str] = []
 

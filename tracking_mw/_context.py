@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .attribution import Attribution
 
@@ -26,7 +26,7 @@ class RequestState:
     ``runtime`` owns the tracker and dispatcher of the middleware that handled the request.
     """
 
-    __slots__ = ("_attribution", "_build", "consent", "runtime")
+    __slots__ = ("_attribution", "_build", "_source", "consent", "runtime")
 
     def __init__(
         self,
@@ -35,7 +35,9 @@ class RequestState:
         consent: bool = True,
     ) -> None:
         self._attribution = attribution
-        self._build: Callable[[], Attribution] | None = None
+        # A deferred attribution: _build(_source), made on first use (see deferred_state).
+        self._build: Callable[[Any], Attribution] | None = None
+        self._source: Any = None
         self.runtime = runtime
         self.consent = consent
 
@@ -44,7 +46,8 @@ class RequestState:
         """The attribution (see the class docstring); made now if it was deferred."""
         build = self._build
         if build is not None:
-            self._attribution = build()
+            # _source stays: a thread racing here may still be about to read it.
+            self._attribution = build(self._source)
             self._build = None
         return self._attribution
 
@@ -61,18 +64,25 @@ class RequestState:
 
 
 _new_state = object.__new__
+_S = TypeVar("_S")
 
 
-def deferred_state(build: Callable[[], Attribution], runtime: Runtime | None) -> RequestState:
-    """A consenting visitor's state whose attribution ``build()`` makes on first use.
+def deferred_state(
+    build: Callable[[_S], Attribution], source: _S, runtime: Runtime | None
+) -> RequestState:
+    """A consenting visitor's state whose attribution ``build(source)`` makes on first use.
 
     Most pages never ask for the attribution: the client context (IP, cleaned user agent,
     URL) is then never assembled. ``build`` must not raise and must return equal values if
-    two threads of one request race to call it. (Made without ``__init__``: every request.)
+    two threads of one request race to call it. ``source`` is what the client context is
+    read from (the request's parts, or a copy of its scope or environ): passed here rather
+    than bound into ``build``, so a remembered ``build`` serves every request as it is.
+    (Made without ``__init__``: every request.)
     """
     state: RequestState = _new_state(RequestState)
     state._attribution = None
     state._build = build
+    state._source = source
     state.runtime = runtime
     state.consent = True
     return state

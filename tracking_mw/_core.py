@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from functools import partial as _partial
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote
 
 from ._context import RequestState
@@ -93,9 +93,10 @@ _QUIET_MAX_CHARS = 4096
 _logged: set[str] = set()
 
 
-def _given(parts: RequestParts) -> RequestParts:
-    """The parts themselves (``_partial(_given, parts)`` when a maker is expected)."""
-    return parts
+def _given(source: Any) -> Any:
+    """The argument itself: the parts of a request given as its parts, a Cookie header
+    remembered as it is."""
+    return source
 
 
 def _log_once(key: str, message: str, *args: object) -> None:
@@ -137,17 +138,28 @@ class RequestParts(NamedTuple):
     forwarded: str | None
 
 
-# What a glue hands quiet() to keep the request's parts from (an ASGI scope, a WSGI environ).
-_S = TypeVar("_S")
-# A remembered quiet answer: valid from, until, the attribution, and the builder of the
-# attribution a view sees (given the request's parts maker).
-_Quiet = tuple[int, int, Attribution, Callable[[Callable[[], RequestParts]], Attribution]]
+# A remembered quiet answer: valid from (a time in seconds, included), to (excluded), the
+# attribution, and the builder of the attribution a view sees, given what the glue kept of
+# the request (see Core.recall).
+_Quiet = tuple[int, int, Attribution, Callable[[Any], Attribution]]
 
 
 class Core:
-    """Protocol-independent tracking logic for one :class:`Settings` (no per-request state)."""
+    """Protocol-independent tracking logic for one :class:`Settings` (no per-request state).
 
-    def __init__(self, settings: Settings, runtime: Runtime | None) -> None:
+    ``parts_of`` makes a request's parts from what a glue keeps of a remembered request (its
+    scope or environ, copied); ``cookie_key`` turns a Cookie header as ``RequestParts``
+    holds it into the form the glue looks it up by (:meth:`recall`). By default both are
+    the identity: the parts themselves, the header as text.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        runtime: Runtime | None,
+        parts_of: Callable[[Any], RequestParts] = _given,
+        cookie_key: Callable[[str], str | bytes] = _given,
+    ) -> None:
         self.settings = settings
         self.runtime = runtime
         self.codec = SessionCodec(settings)
@@ -168,10 +180,12 @@ class Core:
         # The bot flag per stored agent string (useragent.py caches the parse; this skips
         # two calls to reach it on every landing).
         self._bots: dict[str, bool] = {}
-        # Cookie header -> (from, until, attribution, its builder) of returning visitors'
-        # quiet requests; the builder (_attribution_later with the attribution's parts bound)
-        # is made once per entry, not per request.
-        self._quiet: dict[str, _Quiet] = {}
+        # Cookie header (as cookie_key makes it) -> (from, to, attribution, its builder) of
+        # returning visitors' quiet requests; the builder (_attribution_later with the
+        # attribution's parts bound) is made once per entry, not per request.
+        self._quiet: dict[str | bytes, _Quiet] = {}
+        self._parts_of = parts_of
+        self._cookie_key = cookie_key
         meta_attrs = f"; Max-Age={int(settings.meta_cookie_max_age)}; Path=/"
         if settings.cookie_domain:
             meta_attrs += f"; Domain={settings.cookie_domain}"
@@ -239,10 +253,12 @@ class Core:
         raw_cookie = parts.cookie
         if raw_cookie:
             if not parts.query:
-                # The glue asked quiet() first, unless a consent hook is set.
-                entry = self._quiet.get(raw_cookie)
-                if entry is not None and entry[0] <= now <= entry[1]:
-                    return _deferred(_partial(entry[3], _partial(_given, parts)), runtime), []
+                # The glue asked recall() first, unless a consent hook is set.
+                entry = self._quiet.get(self._cookie_key(raw_cookie))
+                if entry is not None and entry[0] <= now_f < entry[1]:
+                    known = entry[2]
+                    build = _partial(self._attribution_of, None, known.visitor_id, known.touches)
+                    return _deferred(build, parts, runtime), []
             cookies = parse_cookies(raw_cookie, self._cookie_names)
             stored = self.codec.decode(cookies.get(self._cookie_name), now) if cookies else None
         else:
@@ -302,13 +318,11 @@ class Core:
         if not found and not need_fbp:
             # Nothing to write. The attribution is assembled only if the app asks for it.
             if stored is not None:
-                build = _partial(
-                    self._attribution_of, parts, url, stored.visitor_id, stored.touches
-                )
+                build = _partial(self._attribution_of, url, stored.visitor_id, stored.touches)
             else:
                 # The visitor id is drawn now: the attribution must not change if made twice.
-                build = _partial(self._attribution_of, parts, url, new_visitor_id(), {})
-            return _deferred(build, runtime), []
+                build = _partial(self._attribution_of, url, new_visitor_id(), {})
+            return _deferred(build, parts, runtime), []
 
         set_cookies: list[str] = []
         if need_fbp or "meta" in found:
@@ -369,45 +383,39 @@ class Core:
                 header, shed = written
                 set_cookies.insert(0, header)
                 kept = shed.touches  # the oldest touches may have been shed to fit
-        build = _partial(self._attribution_of, parts, url, visitor, kept)
-        return _deferred(build, runtime), set_cookies
+        build = _partial(self._attribution_of, url, visitor, kept)
+        return _deferred(build, parts, runtime), set_cookies
 
-    def quiet(
-        self, cookie: str, freeze: Callable[[_S], Callable[[], RequestParts]], source: _S
-    ) -> RequestState | None:
-        """The state of a request without a query string whose Cookie header is remembered
-        (see _remember_quiet), or ``None``: then ``process()`` handles the request.
+    def recall(self, cookie: str | bytes) -> Callable[[Any], Attribution] | None:
+        """For a request without a query string whose Cookie header (as ``cookie_key``
+        makes it) is remembered (see _remember_quiet): the builder of its attribution, to
+        give :func:`deferred_state` with what the glue keeps of the request for
+        ``parts_of``. Otherwise ``None``: then ``process()`` handles the request.
 
         A returning visitor's page view, seen before with this very Cookie header and
         nothing to capture, gets the same answer again without parsing or decoding, and
-        without reading the rest of the request: only on a hit is ``freeze(source)`` called,
-        to keep what the request parts are made of (its result makes them, if a view asks
-        for the attribution). With a consent hook this is never used: the hook sees every
-        request in ``process()``.
+        without the rest of the request being read unless a view asks for the attribution.
+        With a consent hook this is never used: the hook sees every request in
+        ``process()``.
         """
         if self._consent is not None:
             return None
         entry = self._quiet.get(cookie)
-        if entry is None:
-            return None
-        now = int(time.time())
-        if now < entry[0] or now > entry[1]:
-            return None
-        return _deferred(_partial(entry[3], freeze(source)), self.runtime)
+        if entry is not None and entry[0] <= time.time() < entry[1]:
+            return entry[3]
+        return None
 
     def _attribution_later(
-        self,
-        visitor: str,
-        touches: Mapping[str, Touch],
-        make_parts: Callable[[], RequestParts],
+        self, visitor: str, touches: Mapping[str, Touch], source: Any
     ) -> Attribution:
-        """:meth:`_attribution_of` with the request parts made now. Never raises."""
+        """:meth:`_attribution_of` with the request parts made now from ``source``. Never
+        raises."""
         try:
-            parts = make_parts()
+            parts = self._parts_of(source)
         except Exception as exc:  # tracking must never break the host app
             logger.error("tracking_mw: client context not read: %s", type(exc).__name__)
             return _attribution(visitor, touches, _NO_CLIENT)
-        return self._attribution_of(parts, None, visitor, touches)
+        return self._attribution_of(None, visitor, touches, parts)
 
     def _remember_quiet(
         self, parts: RequestParts, cookies: dict[str, str], stored: Attribution | None
@@ -435,7 +443,7 @@ class Core:
         if len(quiet) >= _QUIET_SIZE:
             quiet.clear()
         build = _partial(self._attribution_later, stored.visitor_id, stored.touches)
-        quiet[raw_cookie] = (span[0], until, stored, build)
+        quiet[self._cookie_key(raw_cookie)] = (span[0], until + 1, stored, build)
 
     def _origin(self, parts: RequestParts) -> str:
         """``scheme://host/path`` of the request (no query string)."""
@@ -463,10 +471,10 @@ class Core:
 
     def _attribution_of(
         self,
-        parts: RequestParts,
         url: str | None,
         visitor: str,
         touches: Mapping[str, Touch],
+        parts: RequestParts,
     ) -> Attribution:
         """The request's attribution with its client context, made when a view first asks.
 

@@ -2,8 +2,9 @@
 
 Per-request state lives in locals and in a ``send`` wrapper, never on ``self`` (Starlette's
 ``SessionMiddleware`` shape; ``BaseHTTPMiddleware`` would break ContextVars for view code).
-When nothing has to be written, the app gets the server's own ``send``: a request that changes
-nothing costs one cookie lookup and a ContextVar set/reset.
+When nothing has to be written, the app gets the server's own ``send``: a returning visitor's
+page view costs a scan of the header list, one lookup of its raw Cookie header, a copy of the
+scope and a ContextVar set/reset (see ``Core.recall``).
 
 Lifespan: the scope is passed to the app; the runtime (tracker, dispatcher) starts when the app
 is about to receive ``lifespan.startup`` and shuts down (draining) when the app reports
@@ -16,12 +17,11 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
-from functools import partial as _partial
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import quote
 
-from ._context import RequestState, _state
+from ._context import RequestState, _state, deferred_state
 from ._core import Core, RequestParts
 from ._runtime import Runtime
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -88,20 +88,10 @@ def _parts(scope: Scope) -> RequestParts:
     )
 
 
-def _cookie_header(scope: Scope) -> str | None:
-    """The Cookie header as :func:`_parts` reads it (split headers joined), or None."""
-    found: str | None = None
-    for name, value in scope.get("headers") or ():
-        if name == b"cookie":
-            text = value.decode("latin-1")
-            found = text if found is None else found + "; " + text
-    return found
-
-
-def _frozen_parts(scope: Scope) -> Callable[[], RequestParts]:
-    """:func:`_parts` of the request as it is now, made later (if a view asks): the app
-    may change its scope (a router adds keys, a middleware headers) before that."""
-    return _partial(_parts, {**scope, "headers": list(scope.get("headers") or ())})
+def _latin1(cookie: str) -> bytes:
+    """The Cookie header as the request carried it (split headers joined), from the text
+    :func:`_parts` made of it: the key of a remembered header."""
+    return cookie.encode("latin-1")
 
 
 # RequestParts is a named tuple: its fields in order, straight into tuple.__new__.
@@ -155,7 +145,8 @@ class TrackingMiddleware:
         self.app = app
         self.settings = settings
         self._runtime = Runtime.for_settings(settings)
-        self._core = Core(settings, self._runtime)
+        self._core = Core(settings, self._runtime, _parts, _latin1)
+        self._recall = self._core.recall
         # Set once, never per request: whether the runtime has been started.
         self._started = False
 
@@ -173,10 +164,20 @@ class TrackingMiddleware:
         cookies: list[str] = []
         try:
             if not scope.get("query_string"):
-                # A returning visitor's page view is answered from the Cookie header alone.
-                cookie = _cookie_header(scope)
-                if cookie is not None:
-                    state = self._core.quiet(cookie, _frozen_parts, scope)
+                # A returning visitor's page view is answered from the Cookie header alone,
+                # its raw bytes (split headers joined as _parts joins them). The scope is
+                # copied only then: the app may change it (a router adds keys, a middleware
+                # headers) before a view asks for the attribution.
+                headers = scope.get("headers") or ()
+                raw: bytes | None = None
+                for name, value in headers:
+                    if name == b"cookie":
+                        raw = value if raw is None else raw + b"; " + value
+                if raw is not None:
+                    build = self._recall(raw)
+                    if build is not None:
+                        kept = {**scope, "headers": list(headers)}
+                        state = deferred_state(build, kept, self._runtime)
             if state is None:
                 state, cookies = self._core.process(_parts(scope), scope)
         except Exception as exc:  # tracking must never break the host app

@@ -12,12 +12,11 @@ cheap, idempotent and re-started in a forked worker).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from functools import partial as _partial
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
-from ._context import RequestState, _state
+from ._context import RequestState, _state, deferred_state
 from ._core import Core, RequestParts
 from ._runtime import Runtime
 from ._types import StartResponse, WSGIApp, WSGIEnviron
@@ -56,12 +55,6 @@ def _parts(environ: WSGIEnviron) -> RequestParts:
     )
 
 
-def _frozen_parts(environ: WSGIEnviron) -> Callable[[], RequestParts]:
-    """:func:`_parts` of the request as it is now, made later (if a view asks): the app
-    may change its environ before that."""
-    return _partial(_parts, dict(environ))
-
-
 class TrackingWSGIMiddleware:
     """Capture ad identifiers into a signed cookie and expose them to views (WSGI).
 
@@ -76,7 +69,8 @@ class TrackingWSGIMiddleware:
         self.app = app
         self.settings = settings
         self._runtime = Runtime.for_settings(settings)
-        self._core = Core(settings, self._runtime)
+        self._core = Core(settings, self._runtime, _parts)
+        self._recall = self._core.recall
 
     def __call__(self, environ: WSGIEnviron, start_response: StartResponse) -> Iterable[bytes]:
         try:
@@ -88,9 +82,13 @@ class TrackingWSGIMiddleware:
         try:
             if not environ.get("QUERY_STRING"):
                 # A returning visitor's page view is answered from the Cookie header alone.
+                # The environ is copied only then: the app may change it before a view asks
+                # for the attribution.
                 cookie = environ.get("HTTP_COOKIE")
                 if cookie:
-                    state = self._core.quiet(cookie, _frozen_parts, environ)
+                    build = self._recall(cookie)
+                    if build is not None:
+                        state = deferred_state(build, dict(environ), self._runtime)
             if state is None:
                 state, cookies = self._core.process(_parts(environ), environ)
         except Exception as exc:  # tracking must never break the host app
