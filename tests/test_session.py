@@ -14,12 +14,23 @@ import zlib
 from types import MappingProxyType
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as settings_h
+from hypothesis import strategies as st
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_encode
 
 from tracking_mw.attribution import Attribution, ClientContext, Touch
 from tracking_mw.config import MAX_SET_COOKIE_BYTES, Settings
-from tracking_mw.session import MAX_LANDING_URL, SALT, SessionCodec, _KeyedBLAKE2b
+from tracking_mw.session import (
+    MAX_LANDING_URL,
+    SALT,
+    SessionCodec,
+    _esc,
+    _KeyedBLAKE2b,
+    _plain_payload,
+    _touch_text,
+)
 
 KEY_A = "a" * 32
 KEY_B = "b" * 32
@@ -329,6 +340,61 @@ def test_random_touches_round_trip_in_cookie_safe_text() -> None:
             for p, t in touches.items()
         }
         assert dict(back.touches) == want
+
+
+# Cookie-safe text; or text with now and then a separator or a character needing escapes.
+_SAFE_TEXT = "abcXYZ019_.-~/:?=&@"
+_ALPHABETS = [_SAFE_TEXT, _SAFE_TEXT * 8 + "|!^*%;, \u00e9"]
+
+
+@settings_h(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_plain_payload_is_the_escaped_payload_or_none(data: st.DataObject) -> None:
+    """The unescaped fast path gives exactly what escaping every text gives, or declines."""
+    text = st.text(alphabet=data.draw(st.sampled_from(_ALPHABETS)), max_size=12)
+    vid = data.draw(text.filter(bool))
+    parts = data.draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["kwai", "meta", "bigo", "rokt", "roibest", "tiktok"]),
+                text,  # click id
+                text,  # pixel id
+                text,  # URL text around the click id
+                st.dictionaries(text, text, max_size=2),  # UTM tags
+                st.dictionaries(st.sampled_from(["fbc", "fbp", "ttp"]), text, max_size=2),
+                st.booleans(),  # the click id inside the URL and extra values
+            ),
+            max_size=3,
+        )
+    )
+    touches = []
+    for platform, click, pixel, around, utm, extra, inside in parts:
+        click = click * 3 if inside else click  # long enough to be cut out
+        url = f"https://s.test/{around}?id={click}&x={around}" if inside else around
+        if inside:
+            extra = {k: f"fb.1.{v}{click}" for k, v in extra.items()}
+        touches.append(
+            Touch(
+                platform=platform,
+                click_id=click or None,
+                pixel_id=pixel or None,
+                first_seen=1_800_000_000,
+                last_seen=1_800_000_060,
+                landing_url=url or None,
+                utm=utm,
+                extra=extra,
+            )
+        )
+    escaped = "~" + "|".join([_esc(vid), *map(_touch_text, touches)])
+    plain = _plain_payload(vid, touches)
+    assert plain is None or plain == escaped
+    # Declined only when some text needs escaping (the escaped form differs from the raw).
+    raw_texts = [vid]
+    for t in touches:
+        raw_texts += (t.platform, t.click_id or "", t.pixel_id or "", t.landing_url or "")
+        raw_texts += [*t.utm, *t.utm.values(), *t.extra.values()]
+    if all(_esc(x) == x for x in raw_texts):
+        assert plain == escaped
 
 
 def test_version_3_text_form() -> None:

@@ -32,7 +32,7 @@ import logging
 import string
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from itertools import chain
 from typing import Any, cast
 from urllib.parse import quote, unquote
@@ -242,10 +242,6 @@ def _esc(text: str) -> str:
 _chain = chain.from_iterable
 
 
-def _same(text: str) -> str:
-    return text
-
-
 def _unesc(text: str) -> str:
     return unquote(text, errors="surrogatepass") if "%" in text else text
 
@@ -291,39 +287,94 @@ def _map_of(field: str, click: str | None, keys: frozenset[str] | None) -> dict[
 
 
 def _touch_text(t: Touch) -> str:
-    """A touch in the version 3 form. Raises ``TypeError`` for a non-text id, URL or map
-    value, or non-int times (a hand-made touch; the middleware never makes one)."""
-    platform, click, pixel = t.platform, t.click_id or "", t.pixel_id or ""
+    """A touch in the version 3 form, every text escaped as needed. Raises ``TypeError`` for
+    a non-text id, URL or map value, or non-int times (a hand-made touch; the middleware
+    never makes one)."""
+    click = t.click_id or ""
     first, last = t.first_seen, t.last_seen
     if type(first) is not int or type(last) is not int:
         raise TypeError("touch times must be int")
     url = t.landing_url[:MAX_LANDING_URL] if t.landing_url else ""
-    utm, extra = t.utm, t.extra
-    texts = [platform, click, pixel, url]
-    for m in (utm, extra):
-        if m:
-            for kv in m.items():
-                texts += kv
     cut = click if len(click) >= _MIN_CUT else ""
-    if not _plain("".join(texts)):
-        return "!".join(
-            (
-                _esc(platform),
-                _esc(click),
-                _esc(pixel),
-                str(first),
-                str(last - first),
-                _cut(url, cut, _esc),
-                _map_text(utm, "", _esc),
-                _map_text(extra, cut, _esc),
+    return "!".join(
+        (
+            _esc(t.platform),
+            _esc(click),
+            _esc(t.pixel_id or ""),
+            str(first),
+            str(last - first),
+            _cut(url, cut, _esc),
+            _map_text(t.utm, "", _esc),
+            _map_text(t.extra, cut, _esc),
+        )
+    )
+
+
+# str.find unbound: a value that is not text raises TypeError, as joining it would.
+_find = str.find
+
+
+def _plain_payload(vid: str, touches: Iterable[Touch]) -> str | None:
+    """The version 3 payload built without escaping, when no text in it needs escaping
+    (nearly always: ids, URLs and UTM tags are cookie-safe); otherwise None.
+
+    One check of the whole payload instead of one per text: without its cookie-safe
+    characters, it must be exactly the separators put in between the texts, in order, so
+    no text holds one or anything that needs escaping. Equal to what the escaping path
+    (:func:`_touch_text`) makes whenever it returns a payload; raises ``TypeError`` as that
+    path does.
+    """
+    texts = [vid]
+    seps = b""
+    for t in touches:
+        click = t.click_id or ""
+        first, last = t.first_seen, t.last_seen
+        if type(first) is not int or type(last) is not int:
+            raise TypeError("touch times must be int")
+        url = t.landing_url[:MAX_LANDING_URL] if t.landing_url else ""
+        cut = click if len(click) >= _MIN_CUT else ""
+        if cut and (i := _find(url, cut)) >= 0:
+            url = url[:i] + "*" + url[i + len(cut) :]
+            seps += b"|!!!!!*!"
+        else:
+            seps += b"|!!!!!!"
+        utm = t.utm
+        if utm:
+            utm_text = "^".join(_chain(utm.items()))
+            seps += b"^" * (2 * len(utm) - 1)
+        else:
+            utm_text = ""
+        seps += b"!"
+        extra = t.extra
+        if extra:
+            items: list[str] = []
+            for k, v in extra.items():
+                seps += b"^^" if items else b"^"
+                if cut and (i := _find(v, cut)) >= 0:
+                    v = v[:i] + "*" + v[i + len(cut) :]
+                    seps += b"*"
+                items += (k, v)
+            extra_text = "^".join(items)
+        else:
+            extra_text = ""
+        texts.append(
+            "!".join(
+                (
+                    t.platform,
+                    click,
+                    t.pixel_id or "",
+                    str(first),
+                    str(last - first),
+                    url,
+                    utm_text,
+                    extra_text,
+                )
             )
         )
-    # The common case, inline: ids, URLs and UTM tags hold only cookie-safe characters.
-    if cut:
-        url = url.replace(cut, "*", 1)
-    utm_text = "^".join(_chain(utm.items())) if utm else ""
-    extra_text = _map_text(extra, cut, _same) if extra else ""
-    return f"{platform}!{click}!{pixel}!{first}!{last - first}!{url}!{utm_text}!{extra_text}"
+    payload = "~" + "|".join(texts)
+    if payload.isascii() and payload.encode("ascii").translate(None, _SAFE_BYTES) == seps:
+        return payload
+    return None
 
 
 def _text_str(field: str, cap: int) -> str | None:
@@ -545,9 +596,13 @@ class SessionCodec:
         vid = attribution.visitor_id
         if type(vid) is not str:
             raise TypeError("visitor id must be a string")
-        texts = [_esc(vid)]
-        texts += map(_touch_text, attribution.touches.values())
-        return self._sign_payload(("~" + "|".join(texts)).encode("ascii"), now)
+        touches = attribution.touches.values()
+        payload = _plain_payload(vid, touches)
+        if payload is None:
+            texts = [_esc(vid)]
+            texts += map(_touch_text, touches)
+            payload = "~" + "|".join(texts)
+        return self._sign_payload(payload.encode("ascii"), now)
 
     def header_value(self, value: str) -> str:
         """The ``Set-Cookie`` header value carrying cookie value ``value``."""
