@@ -286,23 +286,29 @@ def _map_of(field: str, click: str | None, keys: frozenset[str] | None) -> dict[
     return out
 
 
-def _touch_text(t: Touch) -> str:
-    """A touch in the version 3 form, every text escaped as needed. Raises ``TypeError`` for
-    a non-text id, URL or map value, or non-int times (a hand-made touch; the middleware
-    never makes one)."""
+def _touch_head(t: Touch) -> tuple[str, str, str, str]:
+    """A touch's click id, its times field pair (``first!last-first``), its landing URL as
+    stored and the click id to cut out of texts (empty when too short to be worth it).
+    Raises ``TypeError`` for non-int times (a hand-made touch)."""
     click = t.click_id or ""
     first, last = t.first_seen, t.last_seen
     if type(first) is not int or type(last) is not int:
         raise TypeError("touch times must be int")
     url = t.landing_url[:MAX_LANDING_URL] if t.landing_url else ""
-    cut = click if len(click) >= _MIN_CUT else ""
+    return click, f"{first}!{last - first}", url, click if len(click) >= _MIN_CUT else ""
+
+
+def _touch_text(t: Touch) -> str:
+    """A touch in the version 3 form, every text escaped as needed. Raises ``TypeError`` for
+    a non-text id, URL or map value, or non-int times (a hand-made touch; the middleware
+    never makes one)."""
+    click, times, url, cut = _touch_head(t)
     return "!".join(
         (
             _esc(t.platform),
             _esc(click),
             _esc(t.pixel_id or ""),
-            str(first),
-            str(last - first),
+            times,
             _cut(url, cut, _esc),
             _map_text(t.utm, "", _esc),
             _map_text(t.extra, cut, _esc),
@@ -327,12 +333,7 @@ def _plain_payload(vid: str, touches: Iterable[Touch]) -> str | None:
     texts = [vid]
     seps = b""
     for t in touches:
-        click = t.click_id or ""
-        first, last = t.first_seen, t.last_seen
-        if type(first) is not int or type(last) is not int:
-            raise TypeError("touch times must be int")
-        url = t.landing_url[:MAX_LANDING_URL] if t.landing_url else ""
-        cut = click if len(click) >= _MIN_CUT else ""
+        click, times, url, cut = _touch_head(t)
         if cut and (i := _find(url, cut)) >= 0:
             url = url[:i] + "*" + url[i + len(cut) :]
             seps += b"|!!!!!*!"
@@ -363,8 +364,7 @@ def _plain_payload(vid: str, touches: Iterable[Touch]) -> str | None:
                     t.platform,
                     click,
                     t.pixel_id or "",
-                    str(first),
-                    str(last - first),
+                    times,
                     url,
                     utm_text,
                     extra_text,
