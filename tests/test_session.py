@@ -87,6 +87,12 @@ def test_set_cookie_attributes() -> None:
     assert header.startswith("_tmw=")
     assert "; Max-Age=3600; Path=/; Domain=.shop.example; HttpOnly; Secure; SameSite=Lax" in header
     assert stored is not None and set(stored.touches) == {"kwai", "meta"}
+    # Nothing shed: the very touches given back, the same header for the same time.
+    now = int(time.time())
+    a = sample()
+    written = codec.set_cookie_of(a.visitor_id, a.touches, now)
+    assert written is not None and written[1] is a.touches
+    assert written[0] == (codec.set_cookie(a, now) or ("", None))[0]
     plain = SessionCodec(settings(cookie_secure=False, cookie_samesite="strict"))
     header2, _ = plain.set_cookie(sample()) or ("", None)
     assert "Secure" not in header2 and "SameSite=Strict" in header2
@@ -232,6 +238,10 @@ def test_size_budget_sheds_oldest_touches(caplog: pytest.LogCaptureFixture) -> N
     assert "tiktok" in stored.touches
     decoded = codec.decode(header.split(";", 1)[0].split("=", 1)[1])
     assert decoded is not None and set(decoded.touches) == set(stored.touches)
+    # The request path's form: the same header and touches, without an Attribution.
+    again = codec.set_cookie_of(a.visitor_id, a.touches, now)
+    assert again is not None and again[1].keys() == stored.touches.keys()
+    assert len(a.touches) == len(touches) == 6  # the caller's touches are left alone
     for record in caplog.records:
         assert "Click" not in record.getMessage() and blob.decode()[:20] not in record.getMessage()
 
@@ -387,14 +397,14 @@ def test_plain_payload_is_the_escaped_payload_or_none(data: st.DataObject) -> No
         )
     escaped = "~" + "|".join([_esc(vid), *map(_touch_text, touches)])
     plain = _plain_payload(vid, touches)
-    assert plain is None or plain == escaped
+    assert plain is None or plain == escaped.encode("ascii")
     # Declined only when some text needs escaping (the escaped form differs from the raw).
     raw_texts = [vid]
     for t in touches:
         raw_texts += (t.platform, t.click_id or "", t.pixel_id or "", t.landing_url or "")
         raw_texts += [*t.utm, *t.utm.values(), *t.extra.values()]
     if all(_esc(x) == x for x in raw_texts):
-        assert plain == escaped
+        assert plain == escaped.encode("ascii")
 
 
 def test_version_3_text_form() -> None:

@@ -316,48 +316,51 @@ def _touch_text(t: Touch) -> str:
     )
 
 
-# str.find unbound: a value that is not text raises TypeError, as joining it would.
-_find = str.find
+# str.replace unbound: a value that is not text raises TypeError, as joining it would.
+_replace = str.replace
 
 
-def _plain_payload(vid: str, touches: Iterable[Touch]) -> str | None:
-    """The version 3 payload built without escaping, when no text in it needs escaping
-    (nearly always: ids, URLs and UTM tags are cookie-safe); otherwise None.
+def _plain_payload(vid: str, touches: Iterable[Touch]) -> bytes | None:
+    """The version 3 payload (ASCII bytes) built without escaping, when no text in it needs
+    escaping (nearly always: ids, URLs and UTM tags are cookie-safe); otherwise None.
 
-    One check of the whole payload instead of one per text: without its cookie-safe
-    characters, it must be exactly the separators put in between the texts, in order, so
-    no text holds one or anything that needs escaping. Equal to what the escaping path
+    One check of the whole payload instead of one per text: deleting its cookie-safe bytes
+    must leave exactly as many bytes as separators were put in between the texts. Every
+    separator is outside the cookie-safe set, so any byte a text adds (a separator of its own,
+    or anything that needs escaping) makes the count differ. Equal to what the escaping path
     (:func:`_touch_text`) makes whenever it returns a payload; raises ``TypeError`` as that
     path does.
     """
     texts = [vid]
-    seps = b""
+    seps = 0
     for t in touches:
         click, times, url, cut = _touch_head(t)
-        if cut and (i := _find(url, cut)) >= 0:
-            url = url[:i] + "*" + url[i + len(cut) :]
-            seps += b"|!!!!!*!"
-        else:
-            seps += b"|!!!!!!"
+        if cut:
+            # One "*" for the click id, if it is there: the text gets shorter by the rest.
+            n = len(url)
+            url = _replace(url, cut, "*", 1)
+            seps += len(url) != n
         utm = t.utm
         if utm:
             utm_text = "^".join(_chain(utm.items()))
-            seps += b"^" * (2 * len(utm) - 1)
+            seps += 2 * len(utm) - 1
         else:
             utm_text = ""
-        seps += b"!"
         extra = t.extra
         if extra:
             items: list[str] = []
             for k, v in extra.items():
-                seps += b"^^" if items else b"^"
-                if cut and (i := _find(v, cut)) >= 0:
-                    v = v[:i] + "*" + v[i + len(cut) :]
-                    seps += b"*"
+                if cut:
+                    n = len(v)
+                    v = _replace(v, cut, "*", 1)
+                    seps += len(v) != n
                 items += (k, v)
             extra_text = "^".join(items)
+            seps += 2 * len(extra) - 1
         else:
             extra_text = ""
+        # "|" before the touch and "!" between its eight fields (one inside ``times``).
+        seps += 8
         texts.append(
             "!".join(
                 (
@@ -372,8 +375,10 @@ def _plain_payload(vid: str, touches: Iterable[Touch]) -> str | None:
             )
         )
     payload = "~" + "|".join(texts)
-    if payload.isascii() and payload.encode("ascii").translate(None, _SAFE_BYTES) == seps:
-        return payload
+    if payload.isascii():
+        data = payload.encode("ascii")
+        if len(data.translate(None, _SAFE_BYTES)) == seps:
+            return data
     return None
 
 
@@ -593,16 +598,21 @@ class SessionCodec:
         ``now`` is the signing time (Unix seconds); by default the signer reads the clock.
         Raises ``TypeError`` for values no touch made by the middleware holds.
         """
-        vid = attribution.visitor_id
+        return self._encode(attribution.visitor_id, attribution.touches, now)
+
+    def _encode(self, vid: str, touches: Mapping[str, Touch], now: int | None) -> str:
         if type(vid) is not str:
             raise TypeError("visitor id must be a string")
-        touches = attribution.touches.values()
-        payload = _plain_payload(vid, touches)
-        if payload is None:
+        values = touches.values()
+        data = _plain_payload(vid, values)
+        if data is None:
             texts = [_esc(vid)]
-            texts += map(_touch_text, touches)
-            payload = "~" + "|".join(texts)
-        return self._sign_payload(payload.encode("ascii"), now)
+            texts += map(_touch_text, values)
+            data = ("~" + "|".join(texts)).encode("ascii")
+        if now is not None and len(data) < _COMPRESS_FROM:
+            # A landing's cookie: signed as it is, at the request's time.
+            return self._signer.sign_at(data, now).decode("ascii")
+        return self._sign_payload(data, now)
 
     def header_value(self, value: str) -> str:
         """The ``Set-Cookie`` header value carrying cookie value ``value``."""
@@ -616,29 +626,41 @@ class SessionCodec:
         Sheds the touches seen longest ago until the header fits; logs the first time.
         ``now`` is the signing time, as for :meth:`encode`.
         """
-        global _shed_logged
-        header = f"{self._prefix}{self.encode(attribution, now)}{self._attrs}"
-        if len(header) <= self._budget:
-            return header, attribution
-        touches = dict(attribution.touches)
-        current = attribution
-        while True:
-            if not touches:
-                return None
-            oldest = min(touches.values(), key=lambda t: (t.last_seen, t.first_seen))
-            del touches[oldest.platform]
-            current = Attribution(
-                visitor_id=attribution.visitor_id, touches=dict(touches), client=attribution.client
+        written = self.set_cookie_of(attribution.visitor_id, attribution.touches, now)
+        if written is None:
+            return None
+        header, kept = written
+        if kept is not attribution.touches:
+            attribution = Attribution(
+                visitor_id=attribution.visitor_id, touches=kept, client=attribution.client
             )
+        return header, attribution
+
+    def set_cookie_of(
+        self, vid: str, touches: Mapping[str, Touch], now: int | None = None
+    ) -> tuple[str, Mapping[str, Touch]] | None:
+        """:meth:`set_cookie` for a visitor id and its touches (no :class:`Attribution` is
+        made, the request path's form): ``(Set-Cookie value, the touches it stores)``, the
+        very ``touches`` given when none had to be shed, or None."""
+        global _shed_logged
+        header = f"{self._prefix}{self._encode(vid, touches, now)}{self._attrs}"
+        if len(header) <= self._budget:
+            return header, touches
+        kept = dict(touches)
+        while True:
+            if not kept:
+                return None
+            oldest = min(kept.values(), key=lambda t: (t.last_seen, t.first_seen))
+            del kept[oldest.platform]
             if not _shed_logged:
                 _shed_logged = True
                 logger.warning(
                     "tracking_mw: attribution cookie over %s bytes; dropped the oldest touch",
                     MAX_SET_COOKIE_BYTES,
                 )
-            header = self.header_value(self.encode(current, now))
+            header = self.header_value(self._encode(vid, kept, now))
             if len(header) <= self._budget:
-                return header, current
+                return header, dict(kept)
 
     def clear_cache(self) -> None:
         """Forget decoded cookies (tests; key rotation takes a new codec anyway)."""
