@@ -228,3 +228,18 @@ def test_pixel_cookie_page_views_are_remembered(clock: list[float]) -> None:
     _, end, stored, _ = core._quiet[header]
     # Until the hourly last_seen refresh could first apply, at the latest (end excluded).
     assert end <= min(t.last_seen for t in stored.touches.values()) + 3600
+
+
+def test_bot_flags_are_remembered_per_agent_as_sent() -> None:
+    core = make_core()
+    human = parts().user_agent
+    assert human is not None
+    # Past the user-agent cap: truncated before parsing, still a bot, never a key.
+    huge = BOT + " x" * 600_000
+    for _ in range(2):  # the second time from memory, with the same answers
+        for ua, captured in ((BOT, False), (huge, False), (human, True)):
+            state, written = core.process(parts(query=b"click_id=C1", user_agent=ua), {})
+            assert state.attribution is not None
+            assert ("kwai" in state.attribution.touches) is captured
+            assert len(written) == captured
+    assert core._bots == {BOT: True, human: False}

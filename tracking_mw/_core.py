@@ -177,8 +177,8 @@ class Core:
         # Hosts already checked against _HOST (a site sees few): a dict lookup, not a regex.
         self._hosts: dict[str, bool] = {}
         self._agents: dict[str, str | None] = {}
-        # The bot flag per stored agent string (useragent.py caches the parse; this skips
-        # two calls to reach it on every landing).
+        # The bot flag per user agent as the request sent it (useragent.py caches the parse;
+        # this answers a landing with one lookup).
         self._bots: dict[str, bool] = {}
         # Cookie header (as cookie_key makes it) -> (from, to, attribution, its builder) of
         # returning visitors' quiet requests; the builder (_attribution_later with the
@@ -310,9 +310,11 @@ class Core:
             need_fbp = False
         if not found and not need_fbp:
             self._remember_quiet(parts, cookies, stored)
-        elif not self._capture_bots and parts.user_agent:
-            agent = self._agent_of(parts.user_agent)
-            if agent and self._is_bot(agent):
+        elif not self._capture_bots and (ua := parts.user_agent):
+            bot = self._bots.get(ua)
+            if bot is None:
+                bot = self._bot(ua)
+            if bot:
                 found, need_fbp = {}, False
 
         if not found and not need_fbp:
@@ -378,11 +380,10 @@ class Core:
             # on a site that uses Meta): as quiet as a request with nothing to capture.
             self._remember_quiet(parts, cookies, stored)
         if changed:
-            written = self.codec.set_cookie(_attribution(visitor, touches, _NO_CLIENT), now)
+            written = self.codec.set_cookie_of(visitor, touches, now)
             if written is not None:
-                header, shed = written
+                header, kept = written  # the oldest touches may have been shed to fit
                 set_cookies.insert(0, header)
-                kept = shed.touches  # the oldest touches may have been shed to fit
         build = _partial(self._attribution_of, url, visitor, kept)
         return _deferred(build, parts, runtime), set_cookies
 
@@ -461,12 +462,13 @@ class Core:
         agent = self._agents.get(ua, _MISSING)
         return self._agent(ua) if agent is _MISSING else agent
 
-    def _is_bot(self, agent: str) -> bool:
-        bot = self._bots.get(agent)
-        if bot is None:
-            bot = is_bot(agent)
-            if len(self._bots) < 4096:
-                self._bots[agent] = bot
+    def _bot(self, ua: str) -> bool:
+        """Whether the agent stored for ``ua`` is a bot's, remembered per agent string."""
+        agent = self._agent_of(ua)
+        bot = bool(agent) and is_bot(agent)
+        # A user agent over the cap (truncated before parsing) is never a key.
+        if len(self._bots) < 4096 and len(ua) <= MAX_USER_AGENT:
+            self._bots[ua] = bot
         return bot
 
     def _attribution_of(
