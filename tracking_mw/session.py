@@ -609,9 +609,6 @@ class SessionCodec:
             texts = [_esc(vid)]
             texts += map(_touch_text, values)
             data = ("~" + "|".join(texts)).encode("ascii")
-        if now is not None and len(data) < _COMPRESS_FROM:
-            # A landing's cookie: signed as it is, at the request's time.
-            return self._signer.sign_at(data, now).decode("ascii")
         return self._sign_payload(data, now)
 
     def header_value(self, value: str) -> str:
@@ -660,7 +657,7 @@ class SessionCodec:
                 )
             header = self.header_value(self._encode(vid, kept, now))
             if len(header) <= self._budget:
-                return header, dict(kept)
+                return header, kept
 
     def clear_cache(self) -> None:
         """Forget decoded cookies (tests; key rotation takes a new codec anyway)."""
