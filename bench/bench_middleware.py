@@ -26,7 +26,9 @@ requests and minimal response parsing; it is far cheaper per request than the se
 server is the bottleneck. Each scenario runs in twelve rounds; in every round the bare app is
 measured right before and right after it, and its ratio to the mean of those two is one
 paired sample. The median of the rounds is reported: this machine's speed drifts by a third
-over seconds to minutes, which a pair measured within three seconds mostly shares. One server
+over seconds to minutes, which a pair measured within three seconds mostly shares. Each
+target's median comes with a 95% bootstrap interval over the rounds: a run whose interval
+straddles a target's line does not decide it either way. One server
 for all scenarios: separate server processes differed by 10% or more between runs (memory
 layout, caches), more than the differences measured.
 
