@@ -647,14 +647,18 @@ def _shown(interval: tuple[float, float]) -> str:
 
 
 def _verdict(median: float, intervals: list[tuple[float, float]], line: float) -> str:
-    """Whether a target (every interval at or above ``line``) is met: decided only when
-    the intervals say so, else what the medians say and that the run does not decide it."""
+    """ "met" when every interval lies at or above ``line``, "missed" when one lies below it;
+    otherwise the run does not decide, and the text says which side the median is on (to
+    three places: at the line, two places would show it equal to it)."""
     if all(lo >= line for lo, _ in intervals):
         return "met"
     if any(hi < line for _, hi in intervals):
         return "missed"
     side = "met" if median >= line else "missed"
-    return f"{side} by the median; not decided by this run, an interval straddles {line:.2f}"
+    return (
+        f"{side} by the median, {median:.3f}; not decided by this run, an interval straddles "
+        f"{line:.2f}"
+    )
 
 
 def _cpu_table(intro: str, column: str, values: dict[str, float], base: float | None) -> list[str]:
