@@ -337,6 +337,13 @@ def _serve() -> tuple[Any, int]:
 
 
 Scenario = tuple[str, Callable[[int], str | None], str]
+# Scenario labels: the keys of every result table, named once.
+BARE = "bare app"
+LANDING_LABEL = "TrackingMiddleware, landing (capture + Set-Cookie)"
+LATER = "TrackingMiddleware, later request (valid cookie)"
+SAME_SIZE = "bare app, request with a same-size cookie"
+SESSION_WRITE = "SessionMiddleware, writing a new session"
+SESSION_READ = "SessionMiddleware, reading a session"
 SESSION_WRITE_LANDING = "SessionMiddleware, writing a new session, same landing URL"
 SESSION_CAPTURE = (
     "SessionMiddleware, a view keeping the same attribution in the session (same landing URL)"
@@ -366,17 +373,17 @@ def _scenarios() -> list[Scenario]:
     # minute, and this machine drifts): the landing next to the session writes, the later
     # requests next to the bare app given the same cookie bytes.
     return [
-        ("bare app", none, "/bare/"),
-        ("TrackingMiddleware, landing (capture + Set-Cookie)", none, "/tracking" + LANDING),
+        (BARE, none, "/bare/"),
+        (LANDING_LABEL, none, "/tracking" + LANDING),
         (SESSION_WRITE_LANDING, none, "/session-write" + LANDING),
-        ("SessionMiddleware, writing a new session", none, "/session-write/"),
+        (SESSION_WRITE, none, "/session-write/"),
         (SESSION_DATA, none, "/session-data" + LANDING),
         (SESSION_CAPTURE, none, "/session-capture" + LANDING),
-        ("TrackingMiddleware, later request (valid cookie)", tmw, "/tracking/"),
-        ("bare app, request with a same-size cookie", same_size, "/bare/"),
+        (LATER, tmw, "/tracking/"),
+        (SAME_SIZE, same_size, "/bare/"),
         (PASSTHROUGH, tmw, "/passthrough/"),
         (META_LATER, meta, "/tracking-meta/"),
-        ("SessionMiddleware, reading a session", session, "/session-read/"),
+        (SESSION_READ, session, "/session-read/"),
     ]
 
 
@@ -463,11 +470,11 @@ def _protocol() -> dict[str, float]:
         await serve(_request("/tracking-meta" + META_LANDING, None), 1)
         meta = set_cookie(None)
         cookies = {
-            "bare app, request with a same-size cookie": "_tmw=" + "x" * (len(tmw) - 5),
-            "TrackingMiddleware, later request (valid cookie)": tmw,
+            SAME_SIZE: "_tmw=" + "x" * (len(tmw) - 5),
+            LATER: tmw,
             PASSTHROUGH: tmw,
             META_LATER: meta,
-            "SessionMiddleware, reading a session": session,
+            SESSION_READ: session,
         }
         reqs = [(label, _request(path, cookies.get(label))) for label, _, path in _scenarios()]
         best = {label: float("inf") for label, _ in reqs}
@@ -647,9 +654,9 @@ def _shown(interval: tuple[float, float]) -> str:
 
 
 def _verdict(median: float, intervals: list[tuple[float, float]], line: float) -> str:
-    """ "met" when every interval lies at or above ``line``, "missed" when one lies below it;
-    otherwise the run does not decide, and the text says which side the median is on (to
-    three places: at the line, two places would show it equal to it)."""
+    """The verdict on a target: met when every interval lies at or above ``line``, missed
+    when one lies below it; otherwise the run does not decide, and the text says which side
+    the median is on (to three places: at the line, two would show it equal to it)."""
     if all(lo >= line for lo, _ in intervals):
         return "met"
     if any(hi < line for _, hi in intervals):
@@ -726,30 +733,27 @@ def run() -> str:
             f"| {label} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | "
             f"{r['cpu_us']:.0f} | {paired[label]:.2f}x | {wall[label]:.2f}x |"
         )
-    later_l = "TrackingMiddleware, later request (valid cookie)"
-    landing_l = "TrackingMiddleware, landing (capture + Set-Cookie)"
-    writing_l = "SessionMiddleware, writing a new session"
-    same_l = "bare app, request with a same-size cookie"
-    later_cap = paired[later_l]
-    later_same = median_of(lambda rd: cap(later_l, rd[later_l]) / cap(same_l, rd[same_l]))
+    later_cap = paired[LATER]
+    later_same = median_of(lambda rd: cap(LATER, rd[LATER]) / cap(SAME_SIZE, rd[SAME_SIZE]))
 
     # Landing against a session write: both as paired ratios of the same round.
     def vs_write(rd: dict[str, dict[str, float]]) -> float:
-        return cap(landing_l, rd[landing_l]) / cap(writing_l, rd[writing_l])
+        return cap(LANDING_LABEL, rd[LANDING_LABEL]) / cap(SESSION_WRITE, rd[SESSION_WRITE])
 
     def vs_write_same(rd: dict[str, dict[str, float]]) -> float:
-        return cap(landing_l, rd[landing_l]) / cap(SESSION_WRITE_LANDING, rd[SESSION_WRITE_LANDING])
+        landing = cap(LANDING_LABEL, rd[LANDING_LABEL])
+        return landing / cap(SESSION_WRITE_LANDING, rd[SESSION_WRITE_LANDING])
 
     def vs_data(rd: dict[str, dict[str, float]]) -> float:
-        return cap(landing_l, rd[landing_l]) / cap(SESSION_DATA, rd[SESSION_DATA])
+        return cap(LANDING_LABEL, rd[LANDING_LABEL]) / cap(SESSION_DATA, rd[SESSION_DATA])
 
     landing_vs = median_of(vs_write)
     landing_vs_same = median_of(vs_write_same)
     like = median_of(
-        lambda rd: cap(landing_l, rd[landing_l]) / cap(SESSION_CAPTURE, rd[SESSION_CAPTURE])
+        lambda rd: cap(LANDING_LABEL, rd[LANDING_LABEL]) / cap(SESSION_CAPTURE, rd[SESSION_CAPTURE])
     )
     data = median_of(vs_data)
-    later_iv = interval_of(lambda rd: cap(later_l, rd[later_l]))
+    later_iv = interval_of(lambda rd: cap(LATER, rd[LATER]))
     vs_iv, same_iv = interval_of(vs_write), interval_of(vs_write_same)
     data_iv = interval_of(vs_data)
     landing_verdict = _verdict(min(landing_vs, landing_vs_same), [vs_iv, same_iv], 1.0)
@@ -758,7 +762,7 @@ def run() -> str:
         "Targets (capacity, paired medians, each with a bootstrap interval over the rounds: "
         "how precisely this run pins the median down): later request >= 0.90x bare: "
         f"**{later_cap:.2f}x** ({_shown(later_iv)}; {_verdict(later_cap, [later_iv], 0.90)}; "
-        f"wall clock {wall[later_l]:.2f}x; "
+        f"wall clock {wall[LATER]:.2f}x; "
         "against the bare app given the same request, cookie included: "
         f"**{later_same:.2f}x**; with Meta configured, its two pixel cookies on every "
         f"request: **{paired[META_LATER]:.2f}x**; the floor, a pure ASGI middleware that only "
@@ -771,7 +775,7 @@ def run() -> str:
         "Like for like, against a view that keeps the same attribution in "
         f"Starlette's session by hand: **{like:.2f}x**.",
     ]
-    pb = protocol["bare app"]
+    pb = protocol[BARE]
     rows += _cpu_table(
         "The same apps behind uvicorn's own h11 protocol class, driven in this process with "
         "the same request bytes and a stand-in transport (no sockets, no load generator: the "
@@ -782,12 +786,13 @@ def run() -> str:
     )
     rows += [
         "",
-        f"There: later request **{pb / protocol[later_l]:.2f}x** bare "
+        f"There: later request **{pb / protocol[LATER]:.2f}x** bare "
         f"(**{pb / protocol[META_LATER]:.2f}x** with Meta configured; the pure ASGI "
-        f"middleware that only sets a ContextVar: **{pb / protocol[PASSTHROUGH]:.2f}x**); landing "
-        f"**{protocol[writing_l] / protocol[landing_l]:.2f}x** of a session write on `/` and "
-        f"**{protocol[SESSION_WRITE_LANDING] / protocol[landing_l]:.2f}x** of one given the "
-        f"same landing request; **{protocol[SESSION_DATA] / protocol[landing_l]:.2f}x** of a "
+        f"middleware that only sets a ContextVar: **{pb / protocol[PASSTHROUGH]:.2f}x**); "
+        f"landing **{protocol[SESSION_WRITE] / protocol[LANDING_LABEL]:.2f}x** of a session "
+        "write on `/` and "
+        f"**{protocol[SESSION_WRITE_LANDING] / protocol[LANDING_LABEL]:.2f}x** of one given the "
+        f"same landing request; **{protocol[SESSION_DATA] / protocol[LANDING_LABEL]:.2f}x** of a "
         "write of the data the landing keeps.",
     ]
     ip_landing = inproc["TrackingMiddleware, landing"]
