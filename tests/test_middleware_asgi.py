@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-import tracking_mw.asgi as asgi_mod
+import tracking_mw._setup as setup_mod
 from tracking_mw._context import _state, current_attribution, current_state
 from tracking_mw._errors import ConfigurationError
 from tracking_mw.asgi import TrackingMiddleware
@@ -443,7 +443,7 @@ async def run_lifespan(app: Any) -> list[dict[str, Any]]:
 
 
 async def test_lifespan_starts_and_stops_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(asgi_mod, "Runtime", FakeRuntime)
+    monkeypatch.setattr(setup_mod, "Runtime", FakeRuntime)
     events: list[str] = []
 
     from contextlib import asynccontextmanager
@@ -468,7 +468,7 @@ async def test_lifespan_starts_and_stops_runtime(monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.parametrize("kind", ["raises", "returns"])
 async def test_lifespan_when_app_ignores_it(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(asgi_mod, "Runtime", FakeRuntime)
+    monkeypatch.setattr(setup_mod, "Runtime", FakeRuntime)
 
     async def http_only(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -486,7 +486,7 @@ async def test_lifespan_when_app_ignores_it(kind: str, monkeypatch: pytest.Monke
 async def test_runtime_started_on_first_request_without_lifespan(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(asgi_mod, "Runtime", FakeRuntime)
+    monkeypatch.setattr(setup_mod, "Runtime", FakeRuntime)
     mw = TrackingMiddleware(starlette_app(), make_settings())
     async with client_for(mw) as c:
         await c.get("/")

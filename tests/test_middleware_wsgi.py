@@ -9,7 +9,7 @@ import httpx
 import pytest
 from flask import Flask, Response, jsonify
 
-import tracking_mw.wsgi as wsgi_mod
+import tracking_mw._setup as setup_mod
 from tracking_mw._context import _state, current_attribution, current_state
 from tracking_mw._errors import ConfigurationError
 from tracking_mw.config import MetaConfig, Settings
@@ -197,7 +197,7 @@ def test_app_exception_propagates_and_state_resets(mw: TrackingWSGIMiddleware) -
 
 
 def test_thread_dispatcher_ensured_each_request(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wsgi_mod, "Runtime", FakeRuntime)
+    monkeypatch.setattr(setup_mod, "Runtime", FakeRuntime)
     mw = TrackingWSGIMiddleware(flask_app().wsgi_app, make_settings())
     with client_for(mw) as c:
         c.get("/")

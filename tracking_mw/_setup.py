@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
+from ._errors import ConfigurationError
 from ._runtime import Runtime
 from .config import Settings
 
-__all__ = ["configure"]
+__all__ = ["configure", "middleware_setup", "settings_of"]
+
+logger = logging.getLogger("tracking_mw")
+
+
+def settings_of(settings: Settings | None, overrides: Mapping[str, Any]) -> Settings:
+    """``settings`` with the keyword ``overrides`` applied; without ``settings``, those of
+    the environment (:meth:`Settings.from_env`) with them."""
+    if settings is None:
+        return Settings.from_env(**overrides)
+    return settings.replace(**overrides) if overrides else settings
+
+
+def middleware_setup(
+    settings: Settings | None, overrides: Mapping[str, Any]
+) -> tuple[Settings, Runtime]:
+    """:func:`settings_of` and their runtime, for a middleware being built; a configuration
+    error (of the settings, or of the outbox they name) is logged as well as raised.
+
+    Starlette and FastAPI build the middleware of ``middleware=[...]`` and ``add_middleware``
+    on the app's first call, the lifespan startup. uvicorn's default lifespan mode reports an
+    exception there only as "ASGI 'lifespan' protocol appears unsupported", then serves, and
+    every request fails. The log line says at startup what to set.
+    """
+    try:
+        settings = settings_of(settings, overrides)
+        return settings, Runtime.for_settings(settings)
+    except ConfigurationError as exc:
+        # The messages name settings and formats, never a secret's value.
+        logger.error("tracking_mw: %s", exc)
+        raise
 
 
 def configure(settings: Settings | None = None, **overrides: Any) -> Runtime:
@@ -20,10 +53,6 @@ def configure(settings: Settings | None = None, **overrides: Any) -> Runtime:
     web app or of ``tracking-mw dispatch``; ``runtime.ensure_thread_dispatcher()`` starts one
     in this process too. ``runtime.counters()`` reads the delivery counters.
     """
-    if settings is None:
-        settings = Settings.from_env(**overrides)
-    elif overrides:
-        settings = settings.replace(**overrides)
-    runtime = Runtime.for_settings(settings)
+    runtime = Runtime.for_settings(settings_of(settings, overrides))
     Runtime.set_default(runtime)
     return runtime

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from ._context import RequestState, _state, deferred_state
 from ._core import Core, RequestParts
-from ._runtime import Runtime
+from ._setup import middleware_setup
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .config import Settings
 from .useragent import resolver_name
@@ -117,7 +117,9 @@ class TrackingMiddleware:
     ``TrackingMiddleware(app)`` reads settings from ``TRACKING_*`` variables
     (:meth:`Settings.from_env`); ``TrackingMiddleware(app, settings)`` uses ``settings``;
     keyword ``overrides`` change single settings either way (``cookie_secure=False``).
-    Configuration errors raise :class:`~tracking_mw.ConfigurationError` here, at startup.
+    Configuration errors raise :class:`~tracking_mw.ConfigurationError` here, at startup, and
+    are logged too: Starlette and FastAPI build declared middleware inside the lifespan call,
+    whose exceptions uvicorn's default lifespan mode does not show.
 
     On every HTTP request it captures the ad identifiers of every platform (``click_id`` +
     ``pixel_id``, ``bbg``, ``fbclid``, ``rtid``, ROIBest's link parameter, ``ttclid``, the
@@ -138,13 +140,9 @@ class TrackingMiddleware:
     """
 
     def __init__(self, app: ASGIApp, settings: Settings | None = None, **overrides: Any) -> None:
-        if settings is None:
-            settings = Settings.from_env(**overrides)
-        elif overrides:
-            settings = settings.replace(**overrides)
+        settings, self._runtime = middleware_setup(settings, overrides)
         self.app = app
         self.settings = settings
-        self._runtime = Runtime.for_settings(settings)
         self._core = Core(settings, self._runtime, _parts, _latin1)
         self._recall = self._core.recall
         # Set once, never per request: whether the runtime has been started.

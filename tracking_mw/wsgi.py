@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from ._context import RequestState, _state, deferred_state
 from ._core import Core, RequestParts
-from ._runtime import Runtime
+from ._setup import middleware_setup
 from ._types import StartResponse, WSGIApp, WSGIEnviron
 from .config import Settings
 
@@ -62,13 +62,9 @@ class TrackingWSGIMiddleware:
     """
 
     def __init__(self, app: WSGIApp, settings: Settings | None = None, **overrides: Any) -> None:
-        if settings is None:
-            settings = Settings.from_env(**overrides)
-        elif overrides:
-            settings = settings.replace(**overrides)
+        settings, self._runtime = middleware_setup(settings, overrides)
         self.app = app
         self.settings = settings
-        self._runtime = Runtime.for_settings(settings)
         self._core = Core(settings, self._runtime, _parts)
         self._recall = self._core.recall
 
