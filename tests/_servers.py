@@ -50,6 +50,23 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen[bytes] | N
     raise TimeoutError(f"{url} did not answer within {timeout}s: {last}")
 
 
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Wait until 127.0.0.1:``port`` accepts TCP connections, without sending a request.
+
+    uvicorn runs the lifespan startup before it binds its socket."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server process exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 @contextlib.contextmanager
 def serve_in_thread(app: Any, *, port: int | None = None, lifespan: str = "on") -> Iterator[str]:
     """Run ``app`` on a real uvicorn server in a thread; yields its base URL."""
@@ -106,6 +123,19 @@ class Child:
         if self.proc.stderr is not None:
             self.proc.stderr.close()
         return self.proc.returncode
+
+    def stop_and_read(self, timeout: float = 15.0) -> tuple[int, str]:
+        """SIGTERM (a graceful shutdown), then the exit code and everything it wrote to
+        stderr; SIGKILL if it does not exit in time."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+            _, err = self.proc.communicate()
+        return self.proc.returncode, (err or b"").decode("utf-8", "replace")
 
     def stderr_text(self) -> str:
         """What the child wrote to stderr (only after it stopped)."""

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests._servers import Child, free_port, uvicorn_argv
+from tests._servers import Child, free_port, uvicorn_argv, wait_listening
 from tracking_mw import (
     ConfigurationError,
     KwaiConfig,
@@ -111,20 +109,6 @@ def env_without_key() -> dict[str, str]:
     return env
 
 
-def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    """Until the server accepts connections, without sending it a request."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError("server did not listen")
-
-
 def test_declared_middleware_without_a_key_says_so_at_startup() -> None:
     # Starlette builds middleware=[...] on the lifespan call, where uvicorn's default
     # lifespan mode hides the exception: the message must still reach the console.
@@ -137,9 +121,7 @@ def test_declared_middleware_without_a_key_says_so_at_startup() -> None:
     try:
         wait_listening(port, child.proc)
     finally:
-        child.proc.terminate()
-        _, err = child.proc.communicate(timeout=15)
-    text = err.decode("utf-8", "replace")
+        _, text = child.stop_and_read()
     assert f"tracking_mw: {MISSING_KEY}" in text
     assert "Exception in ASGI application" not in text  # said before any request came
 
