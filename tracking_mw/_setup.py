@@ -1,4 +1,5 @@
-"""``configure()``: set tracking up where no middleware runs (a worker, a webhook, a script)."""
+"""Setting tracking up: the settings and runtime of a middleware being built, and
+``configure()`` where no middleware runs (a worker, a webhook, a script)."""
 
 from __future__ import annotations
 
