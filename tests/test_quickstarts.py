@@ -1,5 +1,6 @@
-"""The README's quickstarts as a user meets them: FastAPI's ``add_middleware`` in process, and
-Starlette under a real uvicorn with the secret key missing (a startup error must be seen)."""
+"""The README's quickstarts as a user meets them: FastAPI's ``add_middleware`` in process,
+Starlette under a real uvicorn with the secret key missing (a startup error must be seen), and
+a configuration error logged by either middleware wherever a framework happens to build it."""
 
 from __future__ import annotations
 
@@ -87,7 +88,6 @@ async def test_fastapi_add_middleware() -> None:
             assert (touch["click_id"], touch["pixel_id"]) == (CLICK, "777")
         r = await c.post("/lead")
         assert r.json()["queued"] == ["kwai"]
-        assert "meta" not in r.json()["queued"]
 
 
 async def test_fastapi_without_a_key_logs_and_raises(
