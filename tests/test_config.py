@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import typing
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from tracking_mw.config import (
     RoktConfig,
     Secret,
     Settings,
+    SettingsOverrides,
     TiktokConfig,
 )
 
@@ -267,3 +270,14 @@ def test_from_env_ignores_process_environment(monkeypatch: pytest.MonkeyPatch) -
 def test_consent_must_be_callable() -> None:
     with pytest.raises(ConfigurationError, match="consent"):
         Settings(secret_key=KEY, consent="yes")  # type: ignore[arg-type]
+
+
+def test_overrides_type_lists_every_setting_with_its_type() -> None:
+    # The keyword overrides of the middlewares, from_env(), replace() and configure() are
+    # typed by SettingsOverrides: it must follow Settings field for field.
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    hints = typing.get_type_hints(Settings)
+    overrides = typing.get_type_hints(SettingsOverrides)
+    assert set(overrides) == fields
+    assert {name: hints[name] for name in fields} == overrides
+    assert not SettingsOverrides.__required_keys__

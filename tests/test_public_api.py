@@ -24,6 +24,7 @@ EXPECTED = {
     "Runtime",
     "Secret",
     "Settings",
+    "SettingsOverrides",
     "TiktokConfig",
     "Touch",
     "TrackingError",

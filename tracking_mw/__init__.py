@@ -17,6 +17,7 @@ from .config import (
     RoktConfig,
     Secret,
     Settings,
+    SettingsOverrides,
     TiktokConfig,
 )
 from .events import Event, UserData
@@ -44,6 +45,7 @@ __all__ = [
     "Runtime",
     "Secret",
     "Settings",
+    "SettingsOverrides",
     "TiktokConfig",
     "Touch",
     "TrackingError",

@@ -4,19 +4,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from typing import Unpack
 
 from ._errors import ConfigurationError
 from ._runtime import Runtime
-from .config import Settings
+from .config import Settings, SettingsOverrides
 
 __all__ = ["configure", "middleware_setup", "settings_of"]
 
 logger = logging.getLogger("tracking_mw")
 
 
-def settings_of(settings: Settings | None, overrides: Mapping[str, Any]) -> Settings:
+def settings_of(settings: Settings | None, overrides: SettingsOverrides) -> Settings:
     """``settings`` with the keyword ``overrides`` applied; without ``settings``, those of
     the environment (:meth:`Settings.from_env`) with them."""
     if settings is None:
@@ -25,7 +24,7 @@ def settings_of(settings: Settings | None, overrides: Mapping[str, Any]) -> Sett
 
 
 def middleware_setup(
-    settings: Settings | None, overrides: Mapping[str, Any]
+    settings: Settings | None, overrides: SettingsOverrides
 ) -> tuple[Settings, Runtime]:
     """:func:`settings_of` and their runtime, for a middleware being built; a configuration
     error (of the settings, or of the outbox they name) is logged as well as raised.
@@ -44,7 +43,7 @@ def middleware_setup(
         raise
 
 
-def configure(settings: Settings | None = None, **overrides: Any) -> Runtime:
+def configure(settings: Settings | None = None, **overrides: Unpack[SettingsOverrides]) -> Runtime:
     """Set up tracking for this process and return its :class:`Runtime`.
 
     The middlewares do this themselves; call it in a process that has none (a Celery worker

@@ -18,14 +18,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable
-from typing import Any
+from typing import Unpack
 from urllib.parse import quote
 
 from ._context import RequestState, _state, deferred_state
 from ._core import Core, RequestParts
 from ._setup import middleware_setup
 from ._types import ASGIApp, Message, Receive, Scope, Send
-from .config import Settings
+from .config import Settings, SettingsOverrides
 from .useragent import resolver_name
 
 __all__ = ["TrackingMiddleware"]
@@ -139,7 +139,12 @@ class TrackingMiddleware:
       refreshes ``last_seen`` at most hourly), never over 4,093 bytes.
     """
 
-    def __init__(self, app: ASGIApp, settings: Settings | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings | None = None,
+        **overrides: Unpack[SettingsOverrides],
+    ) -> None:
         settings, self._runtime = middleware_setup(settings, overrides)
         self.app = app
         self.settings = settings

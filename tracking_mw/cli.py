@@ -211,10 +211,10 @@ def _test_settings(settings: Settings, platform: str) -> Settings:
                 " events tool) so the test event is not counted as a real one"
             )
         return settings
-    if platform == "kwai":
-        return settings.replace(kwai=dataclasses.replace(cfg, test=True))  # type: ignore[type-var]
-    if platform == "rokt":
-        return settings.replace(rokt=dataclasses.replace(cfg, environment="development"))  # type: ignore[type-var]
+    if platform == "kwai" and settings.kwai is not None:
+        return settings.replace(kwai=dataclasses.replace(settings.kwai, test=True))
+    if platform == "rokt" and settings.rokt is not None:
+        return settings.replace(rokt=dataclasses.replace(settings.rokt, environment="development"))
     return settings
 
 

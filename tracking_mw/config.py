@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar, Unpack
 
 from ._errors import ConfigurationError
 
@@ -26,6 +26,7 @@ __all__ = [
     "RoktConfig",
     "Secret",
     "Settings",
+    "SettingsOverrides",
     "TiktokConfig",
 ]
 
@@ -339,12 +340,14 @@ class Settings:
         """The configured platforms by name."""
         return {p: getattr(self, p) for p in PLATFORMS if getattr(self, p) is not None}
 
-    def replace(self, **changes: Any) -> Settings:
+    def replace(self, **changes: Unpack[SettingsOverrides]) -> Settings:
         """A copy with some settings changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Unpack[SettingsOverrides]
+    ) -> Settings:
         """Build settings from ``TRACKING_*`` variables; keyword ``overrides`` win over them."""
         env = os.environ if environ is None else environ
         kw: dict[str, Any] = {}
@@ -403,6 +406,39 @@ class Settings:
 
         kw.update(overrides)
         return cls(**kw)
+
+
+class SettingsOverrides(TypedDict, total=False):
+    """Keyword overrides of :class:`Settings`: any of its fields, with the same types.
+
+    The type of ``**overrides`` in ``TrackingMiddleware(app, **overrides)``,
+    :meth:`Settings.from_env`, :meth:`Settings.replace` and ``configure()``: a type checker
+    catches a misspelt setting, and Starlette's ``Middleware(TrackingMiddleware, ...)`` and
+    FastAPI's ``add_middleware`` type-check (their factory protocol cannot take ``**Any``).
+    """
+
+    secret_key: Sequence[Secret | str] | Secret | str
+    cookie_name: str
+    cookie_max_age: int
+    cookie_secure: bool
+    cookie_domain: str | None
+    cookie_samesite: Literal["lax", "strict", "none"]
+    write_meta_cookies: bool
+    meta_cookie_max_age: int
+    trusted_proxies: Sequence[str | _Network]
+    capture_bots: bool
+    consent: Callable[[MutableMapping[str, Any]], bool] | None
+    phone_region: str
+    meta: MetaConfig | None
+    kwai: KwaiConfig | None
+    bigo: BigoConfig | None
+    rokt: RoktConfig | None
+    roibest: RoibestConfig | None
+    tiktok: TiktokConfig | None
+    event_map: Mapping[str, Mapping[str, str | None]]
+    outbox: str
+    start_dispatcher: bool
+    delivery: DeliveryConfig
 
 
 def _platform_from_env(

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote
 
 from ._context import RequestState, _state, deferred_state
 from ._core import Core, RequestParts
 from ._setup import middleware_setup
 from ._types import StartResponse, WSGIApp, WSGIEnviron
-from .config import Settings
+from .config import Settings, SettingsOverrides
 
 __all__ = ["TrackingWSGIMiddleware"]
 
@@ -61,7 +61,12 @@ class TrackingWSGIMiddleware:
     Same arguments and behaviour as :class:`~tracking_mw.TrackingMiddleware`.
     """
 
-    def __init__(self, app: WSGIApp, settings: Settings | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        settings: Settings | None = None,
+        **overrides: Unpack[SettingsOverrides],
+    ) -> None:
         settings, self._runtime = middleware_setup(settings, overrides)
         self.app = app
         self.settings = settings
