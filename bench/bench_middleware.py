@@ -719,11 +719,15 @@ def run() -> str:
 
     # Absolute figures: each scenario's best round (noise only ever adds time).
     best = {label: min((rd[label] for rd in rounds), key=lambda r: r["cpu_us"]) for label in labels}
-    paired = {label: median_of(lambda rd, lb=label: cap(lb, rd[lb])) for label in labels}
-    wall = {
-        label: median_of(lambda rd, lb=label: rd[lb]["rps"] / rd[lb].get("base_rps", rd[lb]["rps"]))
-        for label in labels
-    }
+
+    def paired_cap(label: str) -> float:
+        return median_of(lambda rd: cap(label, rd[label]))
+
+    def paired_wall(label: str) -> float:
+        return median_of(lambda rd: rd[label]["rps"] / rd[label].get("base_rps", rd[label]["rps"]))
+
+    paired = {label: paired_cap(label) for label in labels}
+    wall = {label: paired_wall(label) for label in labels}
     inproc = dict(_inprocess())
     protocol = _protocol()
     rows = [

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import uvicorn
@@ -68,7 +68,9 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 20
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Any, *, port: int | None = None, lifespan: str = "on") -> Iterator[str]:
+def serve_in_thread(
+    app: Any, *, port: int | None = None, lifespan: Literal["auto", "on", "off"] = "on"
+) -> Iterator[str]:
     """Run ``app`` on a real uvicorn server in a thread; yields its base URL."""
     port = port or free_port()
     config = uvicorn.Config(
