@@ -6,6 +6,7 @@ The fake platforms run in this process on loopback; apps and dispatchers run as 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import sqlite3
 import time
@@ -130,7 +131,7 @@ def test_dispatcher_killed_mid_batch_delivers_everything_once_or_identically(
         try:
 
             def leased() -> bool:
-                with sqlite3.connect(db) as conn:
+                with contextlib.closing(sqlite3.connect(db)) as conn:
                     return bool(
                         conn.execute(
                             "SELECT count(*) FROM deliveries WHERE lease IS NOT NULL"
@@ -146,7 +147,7 @@ def test_dispatcher_killed_mid_batch_delivers_everything_once_or_identically(
         try:
 
             def settled() -> bool:
-                with sqlite3.connect(db) as conn:
+                with contextlib.closing(sqlite3.connect(db)) as conn:
                     # Every event turned into deliveries, and all of them delivered.
                     return not conn.execute(
                         "SELECT (SELECT count(*) FROM deliveries WHERE status != 'delivered')"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -173,3 +176,45 @@ def test_items_with_any_characters_survive_both_claim_paths(box: SQLiteOutbox) -
     box.release([c], T0)
     [again] = box.claim("meta", 10, 30.0, T0)  # marked, then read back in one row
     assert again.item == odd and again.record_id == c.record_id
+
+
+def closed(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.execute("SELECT 1")
+    except sqlite3.ProgrammingError:
+        return True
+    return False
+
+
+def _open_into(outbox: SQLiteOutbox, out: list[sqlite3.Connection]) -> None:
+    out.append(outbox._conn())
+
+
+def test_connections_close_with_their_thread_or_the_outbox(path: str) -> None:
+    # Python 3.13 warns about a connection collected open: each one is closed explicitly.
+    outbox = SQLiteOutbox(path)
+    in_thread: list[sqlite3.Connection] = []
+    worker = threading.Thread(target=_open_into, args=(outbox, in_thread))
+    worker.start()
+    worker.join()
+    assert not closed(in_thread[0])  # the thread object is still referenced here
+    del worker
+    gc.collect()
+    assert closed(in_thread[0])
+    assert all(conn is not in_thread[0] for conn, _ in outbox._opened)  # forgotten too
+    main = outbox._conn()
+    assert not closed(main)  # this thread lives on
+    del outbox
+    gc.collect()
+    assert closed(main)
+
+
+def test_a_parents_connection_is_not_closed_in_a_child(path: str) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        sqlite_mod._close_own([(conn, os.getpid() + 1)])  # opened by another process
+        assert not closed(conn)
+        sqlite_mod._close_own([(conn, os.getpid())])
+        assert closed(conn)
+    finally:
+        conn.close()

@@ -10,7 +10,10 @@ Choices, and why:
   disks, in the request path); choose it with ``sqlite:///path?synchronous=full``.
 - **One connection per thread and per process.** sqlite3 connections must not cross threads,
   and a connection must never be used after ``fork()`` (gunicorn ``--preload``): the pid is
-  checked and a child opens its own connections, leaving the parent's untouched.
+  checked and a child opens its own connections, leaving the parent's untouched. A
+  connection is closed when its thread ends or when the outbox is dropped, whichever comes
+  first, and only by the process that opened it (Python 3.13 warns about a connection
+  garbage-collected open).
 - **Two tables: what is sent, and how its delivery goes.** ``events`` holds one row per
   event: its platforms' items, written once by ``track()`` and never changed. ``deliveries``
   holds one small row per (event, platform): status, attempts, due time, lease, last answer.
@@ -48,8 +51,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from .._errors import ConfigurationError, OutboxError
@@ -151,10 +155,12 @@ _NEW_EVENTS_WITH_ITEMS = (
     " WHERE id > ? ORDER BY id LIMIT ?"
 )
 # OR IGNORE: the unique key drops a copy of an event that another process queued too.
+# Plain "?" placeholders (created_at given twice): Python 3.12.0-3.12.3 warn about numbered
+# ones bound from a sequence.
 _DELIVERY_INSERT = (
     "INSERT OR IGNORE INTO deliveries (id, event_ref, item_start, item_len, platform, event_id,"
     " batch_key, status, created_at, updated_at, next_attempt_at, lease)"
-    " VALUES (?1,?2,?3,?4,?5,?6,?7,'pending',?8,?8,?9,?10)"
+    " VALUES (?,?,?,?,?,?,?,'pending',?,?,?,?)"
 )
 # Events turned into deliveries per transaction: bounds the time a claim holds the write
 # lock (a track() in another process waits for it) when a backlog has built up.
@@ -246,6 +252,10 @@ class SQLiteOutbox(Outbox):
         # Connections of a parent process, kept referenced but never touched again after
         # fork: closing them in the child could disturb the parent's locks.
         self._orphans: list[sqlite3.Connection] = []
+        # Every connection opened, with the pid that opened it: closed when the outbox is
+        # dropped (each is also closed when its thread ends, see _conn).
+        self._opened: list[tuple[sqlite3.Connection, int]] = []
+        weakref.finalize(self, _close_own, self._opened)
         # Two generations (see _RECENT_IDS): dropping a whole dict is O(1), while deleting
         # a dict's oldest keys one by one makes finding the next oldest ever slower.
         self._recent: dict[str, tuple[frozenset[str], float]] = {}
@@ -291,6 +301,11 @@ class SQLiteOutbox(Outbox):
             except sqlite3.Error as exc:
                 raise OutboxError(f"cannot open the outbox: {exc}") from exc
             self._local.conn = conn
+            opened = (conn, self._pid)
+            self._opened.append(opened)
+            # Closed when this thread ends (a thread-local alone would let it be collected
+            # open), and forgotten: a server may start a thread per request.
+            weakref.finalize(threading.current_thread(), _thread_ended, self._opened, opened)
         return conn
 
     @contextmanager
@@ -411,7 +426,19 @@ class SQLiteOutbox(Outbox):
             for platform, key, length in loads(heads):
                 if platform == mine:
                     out.append(
-                        (next_id, ref, start, length, platform, eid, key, created, until, token)
+                        (
+                            next_id,
+                            ref,
+                            start,
+                            length,
+                            platform,
+                            eid,
+                            key,
+                            created,
+                            created,
+                            until,
+                            token,
+                        )
                     )
                     # Cut by length, not split by RS: exact whatever the item holds.
                     text = row[6][start - 1 : start - 1 + length]
@@ -432,7 +459,19 @@ class SQLiteOutbox(Outbox):
                     )
                 else:
                     out.append(
-                        (next_id, ref, start, length, platform, eid, key, created, created, None)
+                        (
+                            next_id,
+                            ref,
+                            start,
+                            length,
+                            platform,
+                            eid,
+                            key,
+                            created,
+                            created,
+                            created,
+                            None,
+                        )
                     )
                 next_id += 1
                 start += length + 1
@@ -695,7 +734,8 @@ class SQLiteOutbox(Outbox):
         return n
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their threads end)."""
+        """Close this thread's connection (others close when their threads end, or when the
+        outbox is dropped)."""
         conn = getattr(self._local, "conn", None)
         if conn is not None and os.getpid() == self._pid:
             conn.close()
@@ -703,6 +743,25 @@ class SQLiteOutbox(Outbox):
 
     def __repr__(self) -> str:
         return f"SQLiteOutbox({self.path!r})"
+
+
+def _close_own(opened: list[tuple[sqlite3.Connection, int]]) -> None:
+    """Close the connections this process opened; a parent's, inherited by fork, stay."""
+    pid = os.getpid()
+    for conn, owner in opened:
+        if owner == pid:
+            with suppress(sqlite3.Error):
+                conn.close()
+
+
+def _thread_ended(
+    opened: list[tuple[sqlite3.Connection, int]], entry: tuple[sqlite3.Connection, int]
+) -> None:
+    """A thread's connection, when the thread is gone: closed (if this process opened it)
+    and dropped from the outbox's list."""
+    _close_own([entry])
+    with suppress(ValueError):
+        opened.remove(entry)
 
 
 def _pack(records: Sequence[NewRecord]) -> tuple[str, str]:
