@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: venv demo test lint typecheck bench system-deps clean
+.PHONY: venv demo test test-pythons lint typecheck bench system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,22 @@ test: $(STAMP) system-deps
 	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# The suite on other supported Pythons (OTHER_PYTHONS: commands or paths), each in a venv of
+# its own (.venv-3.x); one that does not run is reported and skipped. `make test` runs the
+# default one. With pyenv: OTHER_PYTHONS="$$(pyenv root)/versions/3.13.0/bin/python".
+OTHER_PYTHONS ?= python3.12 python3.13
+test-pythons: system-deps
+	@for py in $(OTHER_PYTHONS); do \
+	  ver=$$($$py -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || \
+	    { echo "$$py: does not run here, skipped"; continue; }; \
+	  venv=.venv-$$ver; \
+	  echo "== Python $$ver ($$venv)"; \
+	  [ -x $$venv/bin/python ] || $$py -m venv $$venv || exit 1; \
+	  $$venv/bin/python -m pip install --quiet --upgrade pip && \
+	  $$venv/bin/python -m pip install --quiet -e '.[test,fast-ua]' && \
+	  $$venv/bin/python -m pytest -q -p no:cacheprovider || exit 1; \
+	done
+
 lint: $(STAMP)
 	$(PY) -m ruff check tracking_mw demo_site tests bench
 
@@ -44,4 +60,4 @@ bench: $(STAMP) system-deps
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-3.* .pytest_cache .mypy_cache .ruff_cache
