@@ -19,6 +19,7 @@ import pytest
 from django.core.asgi import get_asgi_application
 
 from tests._servers import Child, free_port, serve_in_thread, uvicorn_argv, wait_listening
+from tests._settings import quiet_settings
 from tests.django_site import asgi_app, wsgi_app
 from tracking_mw import Attribution, KwaiConfig, RoktConfig, Secret, Settings, Touch
 from tracking_mw._runtime import Runtime
@@ -37,14 +38,7 @@ CHROME = (
 
 
 def make_settings(**kw: Any) -> Settings:
-    base: dict[str, Any] = {
-        "secret_key": KEY,
-        "cookie_secure": False,
-        "outbox": "memory://",
-        "start_dispatcher": False,
-    }
-    base.update(kw)
-    return Settings(**base)
+    return quiet_settings(KEY, **kw)
 
 
 def kwai_settings() -> Settings:

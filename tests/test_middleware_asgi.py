@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 import tracking_mw._setup as setup_mod
+from tests._settings import quiet_settings
 from tracking_mw._context import _state, current_attribution, current_state
 from tracking_mw._errors import ConfigurationError
 from tracking_mw.asgi import TrackingMiddleware
@@ -33,14 +34,7 @@ GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.
 
 
 def make_settings(**kw: Any) -> Settings:
-    base: dict[str, Any] = {
-        "secret_key": KEY,
-        "cookie_secure": False,
-        "outbox": "memory://",
-        "start_dispatcher": False,
-    }
-    base.update(kw)
-    return Settings(**base)
+    return quiet_settings(KEY, **kw)
 
 
 def snapshot() -> dict[str, Any]:

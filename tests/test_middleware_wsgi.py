@@ -10,6 +10,7 @@ import pytest
 from flask import Flask, Response, jsonify
 
 import tracking_mw._setup as setup_mod
+from tests._settings import quiet_settings
 from tracking_mw._context import _state, current_attribution, current_state
 from tracking_mw._errors import ConfigurationError
 from tracking_mw.config import MetaConfig, Settings
@@ -24,14 +25,7 @@ BINGBOT = "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.ht
 
 
 def make_settings(**kw: Any) -> Settings:
-    base: dict[str, Any] = {
-        "secret_key": KEY,
-        "cookie_secure": False,
-        "outbox": "memory://",
-        "start_dispatcher": False,
-    }
-    base.update(kw)
-    return Settings(**base)
+    return quiet_settings(KEY, **kw)
 
 
 def flask_app() -> Flask:

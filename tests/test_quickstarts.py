@@ -15,6 +15,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests._servers import Child, free_port, uvicorn_argv, wait_listening
+from tests._settings import quiet_settings
 from tracking_mw import (
     ConfigurationError,
     KwaiConfig,
@@ -64,13 +65,8 @@ def fastapi_app(**settings: Any) -> FastAPI:
 
 
 def kwai_settings() -> Settings:
-    return Settings(
-        secret_key=KEY,
-        cookie_secure=False,
-        outbox="memory://",
-        start_dispatcher=False,
-        kwai=KwaiConfig(access_tokens={"*": Secret("kwai-token-quickstart")}),
-    )
+    kwai = KwaiConfig(access_tokens={"*": Secret("kwai-token-quickstart")})
+    return quiet_settings(KEY, kwai=kwai)
 
 
 async def test_fastapi_add_middleware() -> None:

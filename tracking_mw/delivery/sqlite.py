@@ -424,22 +424,12 @@ class SQLiteOutbox(Outbox):
             ref, eid, created, heads = row[:4]
             start = 1  # SQL's substr() counts from 1
             for platform, key, length in loads(heads):
+                # Leased to this claim at once, or due now for another platform's claim.
+                due, held = (until, token) if platform == mine else (created, None)
+                out.append(
+                    (next_id, ref, start, length, platform, eid, key, created, created, due, held)
+                )
                 if platform == mine:
-                    out.append(
-                        (
-                            next_id,
-                            ref,
-                            start,
-                            length,
-                            platform,
-                            eid,
-                            key,
-                            created,
-                            created,
-                            until,
-                            token,
-                        )
-                    )
                     # Cut by length, not split by RS: exact whatever the item holds.
                     text = row[6][start - 1 : start - 1 + length]
                     claimed.append(
@@ -455,22 +445,6 @@ class SQLiteOutbox(Outbox):
                             created,
                             token,
                             item_json=text,
-                        )
-                    )
-                else:
-                    out.append(
-                        (
-                            next_id,
-                            ref,
-                            start,
-                            length,
-                            platform,
-                            eid,
-                            key,
-                            created,
-                            created,
-                            created,
-                            None,
                         )
                     )
                 next_id += 1
