@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -645,6 +646,35 @@ async def test_remembered_later_requests_read_this_request_only() -> None:
             assert r.status_code == 200 and tmw_cookies(r) == []
             assert r.text == f"{peer_ua}|198.51.100.7|http://shop.test/b"
         assert first.text == f"{CHROME}|198.51.100.7|http://shop.test/a"
+
+
+async def test_remembered_state_is_made_once_per_context(mw: TrackingMiddleware) -> None:
+    """A remembered page view hands the app its state unmade; the first reader in a context
+    makes it. A view asking twice gets one attribution; a worker thread with a copy of the
+    context makes its own, equal one; the state is gone after the request."""
+    seen: list[Any] = []
+
+    async def view(scope: Any, receive: Any, send: Any) -> None:
+        first, again = current_attribution(), current_attribution()
+        ctx = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        threaded = await loop.run_in_executor(None, ctx.run, current_attribution)
+        seen.append((first, again, threaded, current_attribution(), current_state()))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with client_for(mw) as c:
+        await c.get("/?click_id=K1&pixel_id=P1")
+        mw.app = view
+        await c.get("/a")  # decoded, then remembered
+        await c.get("/b")  # answered from memory
+    assert len(mw._core._quiet) == 1 and len(seen) == 2
+    for first, again, threaded, after, state in seen:
+        assert first is not None and first.click_id("kwai") == "K1"
+        assert again is first and after is first and state.attribution is first
+        assert threaded == first
+    assert seen[1][0].client.url == "http://shop.test/b"
+    assert _state.get() is None
 
 
 async def test_split_cookie_headers_are_remembered_joined(mw: TrackingMiddleware) -> None:

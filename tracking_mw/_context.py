@@ -88,12 +88,24 @@ def deferred_state(
     return state
 
 
-_state: ContextVar[RequestState | None] = ContextVar("tracking_mw_state", default=None)
+# What the glue sets for a returning visitor's page view: (build, source, runtime), the
+# arguments of deferred_state. A tuple is made without a Python call, and most pages never
+# read the state; the first reader in a context turns it into the RequestState.
+Deferred = tuple[Callable[[Any], Attribution], Any, "Runtime | None"]
+
+_state: ContextVar[RequestState | Deferred | None] = ContextVar("tracking_mw_state", default=None)
 
 
 def current_state() -> RequestState | None:
     """The state of the request being handled, or None outside a tracked request."""
-    return _state.get()
+    st = _state.get()
+    if isinstance(st, tuple):
+        # Kept in this context (the glue's reset still restores what came before), so a
+        # view asking twice gets one state and one attribution. A worker thread running a
+        # sync view has a copy of the context and makes its own, equal, one.
+        st = deferred_state(*st)
+        _state.set(st)
+    return st
 
 
 def current_attribution() -> Attribution | None:
@@ -103,5 +115,5 @@ def current_attribution() -> Attribution | None:
     Store ``current_attribution().to_dict()`` with an order to attribute a payment that
     clears later (``track(..., attribution=snapshot)``).
     """
-    st = _state.get()
+    st = current_state()
     return st.attribution if st is not None else None

@@ -389,9 +389,10 @@ class Core:
 
     def recall(self, cookie: str | bytes) -> Callable[[Any], Attribution] | None:
         """For a request without a query string whose Cookie header (as ``cookie_key``
-        makes it) is remembered (see _remember_quiet): the builder of its attribution, to
-        give :func:`deferred_state` with what the glue keeps of the request for
-        ``parts_of``. Otherwise ``None``: then ``process()`` handles the request.
+        makes it) is remembered (see _remember_quiet): the builder of its attribution. The
+        glue sets ``(build, kept, runtime)`` as the request's state (``_context.Deferred``),
+        ``kept`` being what it keeps of the request for ``parts_of``. Otherwise ``None``:
+        then ``process()`` handles the request.
 
         A returning visitor's page view, seen before with this very Cookie header and
         nothing to capture, gets the same answer again without parsing or decoding, and

@@ -21,7 +21,7 @@ from collections.abc import Awaitable
 from typing import Unpack
 from urllib.parse import quote
 
-from ._context import RequestState, _state, deferred_state
+from ._context import Deferred, RequestState, _state
 from ._core import Core, RequestParts
 from ._setup import middleware_setup
 from ._types import ASGIApp, Message, Receive, Scope, Send
@@ -163,7 +163,7 @@ class TrackingMiddleware:
             return
         if not self._started:
             await self._startup()
-        state: RequestState | None = None
+        state: RequestState | Deferred | None = None
         cookies: list[str] = []
         try:
             if not scope.get("query_string"):
@@ -180,7 +180,7 @@ class TrackingMiddleware:
                     build = self._recall(raw)
                     if build is not None:
                         kept = {**scope, "headers": list(headers)}
-                        state = deferred_state(build, kept, self._runtime)
+                        state = (build, kept, self._runtime)
             if state is None:
                 state, cookies = self._core.process(_parts(scope), scope)
         except Exception as exc:  # tracking must never break the host app

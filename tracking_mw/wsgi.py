@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any, Unpack
 from urllib.parse import quote
 
-from ._context import RequestState, _state, deferred_state
+from ._context import Deferred, RequestState, _state
 from ._core import Core, RequestParts
 from ._setup import middleware_setup
 from ._types import StartResponse, WSGIApp, WSGIEnviron
@@ -78,7 +78,7 @@ class TrackingWSGIMiddleware:
             self._runtime.ensure_thread_dispatcher()
         except Exception as exc:
             logger.error("tracking_mw: dispatcher thread failed to start: %s", type(exc).__name__)
-        state: RequestState | None = None
+        state: RequestState | Deferred | None = None
         cookies: list[str] = []
         try:
             if not environ.get("QUERY_STRING"):
@@ -89,7 +89,7 @@ class TrackingWSGIMiddleware:
                 if cookie:
                     build = self._recall(cookie)
                     if build is not None:
-                        state = deferred_state(build, dict(environ), self._runtime)
+                        state = (build, dict(environ), self._runtime)
             if state is None:
                 state, cookies = self._core.process(_parts(environ), environ)
         except Exception as exc:  # tracking must never break the host app
