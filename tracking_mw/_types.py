@@ -9,7 +9,10 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+# The app an ASGI middleware wraps: any ASGI 3 callable, however its framework annotates the
+# three arguments (Starlette: a MutableMapping scope; Django: a dict scope and Mapping
+# messages). The middleware hands on what the server gave it.
+ASGIApp = Callable[[Any, Any, Any], Awaitable[Any]]
 
 WSGIEnviron = dict[str, Any]
 StartResponse = Callable[..., Any]
