@@ -651,7 +651,7 @@ async def test_remembered_later_requests_read_this_request_only() -> None:
 async def test_remembered_state_is_made_once_per_context(mw: TrackingMiddleware) -> None:
     """A remembered page view hands the app its state unmade; the first reader in a context
     makes it. A view asking twice gets one attribution; a worker thread with a copy of the
-    context makes its own, equal one; the state is gone after the request."""
+    context gets an equal one; the state is gone after the request."""
     seen: list[Any] = []
 
     async def view(scope: Any, receive: Any, send: Any) -> None:
