@@ -18,6 +18,7 @@ import httpx
 import pytest
 from django.core.asgi import get_asgi_application
 
+from tests._clients import CHROME, asgi_client, tmw_cookies, wsgi_client
 from tests._servers import Child, free_port, serve_in_thread, uvicorn_argv, wait_listening
 from tests._settings import quiet_settings
 from tests.django_site import asgi_app, wsgi_app
@@ -31,10 +32,6 @@ CLICK = "DJ-CLICK-1"
 PIXEL = "777001"
 LANDING = f"/?click_id={CLICK}&pixel_id={PIXEL}&utm_source=kwai"
 PEER = "198.51.100.9"
-CHROME = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/120.0.0.0 Safari/537.36"
-)
 
 
 def make_settings(**kw: Any) -> Settings:
@@ -68,33 +65,11 @@ def track_settings() -> Iterator[Settings]:
     Runtime.for_settings(s).close()
 
 
-def asgi_client(app: Any, **kw: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app, client=(PEER, 1234)),
-        base_url="http://shop.test",
-        headers={"user-agent": CHROME},
-        **kw,
-    )
-
-
-def wsgi_client(app: Any, **kw: Any) -> httpx.Client:
-    return httpx.Client(
-        transport=httpx.WSGITransport(app=app, remote_addr=PEER),
-        base_url="http://shop.test",
-        headers={"user-agent": CHROME},
-        **kw,
-    )
-
-
-def tmw(r: httpx.Response) -> list[str]:
-    return [c for c in r.headers.get_list("set-cookie") if c.startswith("_tmw=")]
-
-
 def check_landing(r: httpx.Response) -> str:
     """The landing answered and set the signed cookie; returns the cookie's value."""
     assert r.status_code == 200
     assert r.json() == {"page": "/"}
-    cookies = tmw(r)
+    cookies = tmw_cookies(r)
     assert len(cookies) == 1
     assert "HttpOnly" in cookies[0] and "SameSite=Lax" in cookies[0]
     value = r.cookies["_tmw"]
@@ -105,7 +80,7 @@ def check_landing(r: httpx.Response) -> str:
 def check_attribution(r: httpx.Response, kind: str) -> dict[str, Any]:
     """A later page's view saw the landing's Kwai touch; returns the attribution."""
     assert r.status_code == 200
-    assert tmw(r) == []  # nothing changed: no cookie re-sent
+    assert tmw_cookies(r) == []  # nothing changed: no cookie re-sent
     body = r.json()
     assert body["view"] == kind
     a = body["attribution"]
@@ -144,7 +119,7 @@ def check_fresh(r: httpx.Response, kind: str, old_visitor: str) -> None:
 @pytest.mark.anyio
 async def test_asgi_sync_and_async_views_see_the_landing(settings: Settings) -> None:
     app = asgi_app(settings)
-    async with asgi_client(app) as c:
+    async with asgi_client(app, peer=PEER) as c:
         value = check_landing(await c.get(LANDING))
         r = await c.get("/attribution/sync")
         sync = check_attribution(r, "sync")
@@ -153,11 +128,11 @@ async def test_asgi_sync_and_async_views_see_the_landing(settings: Settings) -> 
         r = await c.get("/attribution/async")
         assert check_attribution(r, "async")["visitor_id"] == sync["visitor_id"]
         assert r.json()["main_thread"] is True
-    async with asgi_client(app, cookies={"_tmw": tampered(value)}) as c:
+    async with asgi_client(app, peer=PEER, cookies={"_tmw": tampered(value)}) as c:
         check_fresh(await c.get("/attribution/sync"), "sync", sync["visitor_id"])
         check_fresh(await c.get("/attribution/async"), "async", sync["visitor_id"])
     # Without the middleware the same views see no attribution.
-    async with asgi_client(get_asgi_application()) as c:
+    async with asgi_client(get_asgi_application(), peer=PEER) as c:
         assert (await c.get("/attribution/async")).json()["attribution"] is None
 
 
@@ -193,13 +168,13 @@ async def test_asgi_lifespan_is_answered_for_django(settings: Settings) -> None:
 
 def test_wsgi_sync_and_async_views_see_the_landing(settings: Settings) -> None:
     app = wsgi_app(settings)
-    with wsgi_client(app) as c:
+    with wsgi_client(app, peer=PEER) as c:
         value = check_landing(c.get(LANDING))
         sync = check_attribution(c.get("/attribution/sync"), "sync")
         # Under WSGI Django runs an async view on an event loop of its own.
         r = c.get("/attribution/async")
         assert check_attribution(r, "async")["visitor_id"] == sync["visitor_id"]
-    with wsgi_client(app, cookies={"_tmw": tampered(value)}) as c:
+    with wsgi_client(app, peer=PEER, cookies={"_tmw": tampered(value)}) as c:
         check_fresh(c.get("/attribution/sync"), "sync", sync["visitor_id"])
         check_fresh(c.get("/attribution/async"), "async", sync["visitor_id"])
 
@@ -245,13 +220,13 @@ def check_outbox(settings: Settings, event_ids: set[str]) -> None:
 @pytest.mark.anyio
 async def test_asgi_track_from_sync_and_async_views(track_settings: Settings) -> None:
     app = asgi_app(track_settings)
-    async with asgi_client(app) as c:
+    async with asgi_client(app, peer=PEER) as c:
         check_landing(await c.get(LANDING))
         check_receipt(await c.get("/lead/sync?event_id=asgi-sync"), "sync", "asgi-sync")
         check_receipt(await c.get("/lead/async?event_id=asgi-async"), "async", "asgi-async")
         again = (await c.get("/lead/async?event_id=asgi-sync")).json()
         assert again["duplicate"] is True and again["queued"] == []
-    async with asgi_client(app) as c:
+    async with asgi_client(app, peer=PEER) as c:
         check_no_click(await c.get("/lead/sync"))
         check_no_click(await c.get("/lead/async"))
     check_outbox(track_settings, {"asgi-sync", "asgi-async"})
@@ -259,11 +234,11 @@ async def test_asgi_track_from_sync_and_async_views(track_settings: Settings) ->
 
 def test_wsgi_track_from_sync_and_async_views(track_settings: Settings) -> None:
     app = wsgi_app(track_settings)
-    with wsgi_client(app) as c:
+    with wsgi_client(app, peer=PEER) as c:
         check_landing(c.get(LANDING))
         check_receipt(c.get("/lead/sync?event_id=wsgi-sync"), "sync", "wsgi-sync")
         check_receipt(c.get("/lead/async?event_id=wsgi-async"), "async", "wsgi-async")
-    with wsgi_client(app) as c:
+    with wsgi_client(app, peer=PEER) as c:
         check_no_click(c.get("/lead/sync"))
         check_no_click(c.get("/lead/async"))
     check_outbox(track_settings, {"wsgi-sync", "wsgi-async"})
@@ -316,7 +291,7 @@ def test_uvicorn_child_delivers_a_django_view_track_to_kwai(
                 base_url=f"http://127.0.0.1:{port}", headers={"user-agent": CHROME}, timeout=10
             ) as c:
                 r = c.get(LANDING)
-                assert r.status_code == 200 and len(tmw(r)) == 1
+                assert r.status_code == 200 and len(tmw_cookies(r)) == 1
                 r = c.get("/attribution/sync")
                 assert r.json()["attribution"]["touches"]["kwai"]["click_id"] == CLICK
                 r = c.get("/lead/sync?event_id=served-lead")

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 import tracking_mw._setup as setup_mod
+from tests._clients import CHROME, asgi_client, tmw_cookies
 from tests._settings import quiet_settings
 from tracking_mw._context import _state, current_attribution, current_state
 from tracking_mw._errors import ConfigurationError
@@ -27,10 +28,6 @@ from tracking_mw.session import SessionCodec
 pytestmark = pytest.mark.anyio
 
 KEY = "s" * 32
-CHROME = (
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/120.0.0.0 Safari/537.36"
-)
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 
 
@@ -85,16 +82,6 @@ def starlette_app() -> Starlette:
     )
 
 
-def client_for(mw: Any, **kw: Any) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=mw, client=kw.pop("peer", ("198.51.100.7", 1234)))
-    return httpx.AsyncClient(
-        transport=transport,
-        base_url="http://shop.test",
-        headers=kw.pop("headers", {"user-agent": CHROME}),
-        **kw,
-    )
-
-
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -110,12 +97,8 @@ def mw(settings: Settings) -> TrackingMiddleware:
     return TrackingMiddleware(starlette_app(), settings)
 
 
-def tmw_cookies(r: httpx.Response) -> list[str]:
-    return [c for c in r.headers.get_list("set-cookie") if c.startswith("_tmw=")]
-
-
 async def test_landing_captures_and_sets_cookie(mw: TrackingMiddleware) -> None:
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         r = await c.get(
             "/?click_id=AbC%2B1-x&pixel_id=777&utm_source=kwai&utm_campaign=c1",
             headers={"referer": "https://kwai.example/feed"},
@@ -147,7 +130,7 @@ async def test_landing_captures_and_sets_cookie(mw: TrackingMiddleware) -> None:
 async def test_later_requests_keep_attribution_without_set_cookie(
     mw: TrackingMiddleware,
 ) -> None:
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         r1 = await c.get("/?click_id=K1&pixel_id=P1")
         vid = r1.json()["attribution"]["visitor_id"]
         for path in ("/products", "/", "/sync"):
@@ -162,7 +145,7 @@ async def test_later_requests_keep_attribution_without_set_cookie(
 
 
 async def test_newer_click_replaces_older_others_stay(mw: TrackingMiddleware) -> None:
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         await c.get("/?click_id=K1&pixel_id=P1")
         await c.get("/?rtid=" + "r" * 32)
         r = await c.get("/?click_id=K2&pixel_id=P2")
@@ -177,7 +160,7 @@ async def test_newer_click_replaces_older_others_stay(mw: TrackingMiddleware) ->
 
 async def test_every_platform_and_cookies(mw: TrackingMiddleware) -> None:
     bbg = "B" * 220
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         c.cookies.set("_bge_ci", "ci-1", domain="shop.test")
         c.cookies.set("_ttp", "ttp-1", domain="shop.test")
         r = await c.get(
@@ -195,7 +178,7 @@ async def test_every_platform_and_cookies(mw: TrackingMiddleware) -> None:
 
 async def test_meta_cookies_written_then_stable() -> None:
     mw = TrackingMiddleware(starlette_app(), make_settings())
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         r = await c.get("/?fbclid=IwAR1aB")
         sc = r.headers.get_list("set-cookie")
         fbc = next(x for x in sc if x.startswith("_fbc="))
@@ -220,7 +203,7 @@ async def test_meta_cookies_written_then_stable() -> None:
 
 async def test_existing_meta_cookies_preferred() -> None:
     mw = TrackingMiddleware(starlette_app(), make_settings())
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         c.cookies.set("_fbc", "fb.1.1700000000000.IwAR1", domain="shop.test")
         c.cookies.set("_fbp", "fb.1.1700000000000.99", domain="shop.test")
         r = await c.get("/?fbclid=IwAR1")
@@ -235,12 +218,12 @@ async def test_existing_meta_cookies_preferred() -> None:
 
 async def test_fbp_only_when_meta_configured_or_fbclid() -> None:
     plain = TrackingMiddleware(starlette_app(), make_settings())
-    async with client_for(plain) as c:
+    async with asgi_client(plain) as c:
         r = await c.get("/")
         assert r.headers.get_list("set-cookie") == ["app=1; Path=/"]
     meta = MetaConfig(pixel_id="1", access_token="tok")
     with_meta = TrackingMiddleware(starlette_app(), make_settings(meta=meta))
-    async with client_for(with_meta) as c:
+    async with asgi_client(with_meta) as c:
         r = await c.get("/")
         names = [x.split("=")[0] for x in r.headers.get_list("set-cookie")]
         assert "_fbp" in names and "_tmw" in names and "_fbc" not in names
@@ -250,7 +233,7 @@ async def test_fbp_only_when_meta_configured_or_fbclid() -> None:
 
 async def test_write_meta_cookies_off() -> None:
     mw = TrackingMiddleware(starlette_app(), make_settings(write_meta_cookies=False))
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         r = await c.get("/?fbclid=IwAR1")
     names = [x.split("=")[0] for x in r.headers.get_list("set-cookie")]
     assert "_fbc" not in names and "_fbp" not in names and "_tmw" in names
@@ -259,7 +242,7 @@ async def test_write_meta_cookies_off() -> None:
 
 async def test_unsafe_fbclid_never_reaches_a_header() -> None:
     mw = TrackingMiddleware(starlette_app(), make_settings())
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         r = await c.get("/?fbclid=a%3Bb%2Cc%20d")
     assert r.status_code == 200
     assert not any(x.startswith("_fbc=") for x in r.headers.get_list("set-cookie"))
@@ -279,7 +262,7 @@ async def test_consent_refused(answer: str, caplog: pytest.LogCaptureFixture) ->
         return False
 
     mw = TrackingMiddleware(starlette_app(), make_settings(consent=consent))
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         with caplog.at_level(logging.WARNING, logger="tracking_mw"):
             r = await c.get("/?click_id=K1&fbclid=IwAR1")
             r2 = await c.get("/?click_id=K1")
@@ -294,29 +277,29 @@ async def test_consent_refused(answer: str, caplog: pytest.LogCaptureFixture) ->
 
 async def test_consent_given() -> None:
     mw = TrackingMiddleware(starlette_app(), make_settings(consent=lambda scope: True))
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         r = await c.get("/?click_id=K1")
     assert r.json()["attribution"]["touches"]["kwai"]["click_id"] == "K1"
 
 
 async def test_bots_not_captured_unless_configured() -> None:
     mw = TrackingMiddleware(starlette_app(), make_settings())
-    async with client_for(mw, headers={"user-agent": GOOGLEBOT}) as c:
+    async with asgi_client(mw, ua=GOOGLEBOT) as c:
         r = await c.get("/?click_id=K1&fbclid=IwAR1")
     assert r.json()["attribution"]["touches"] == {}
     assert r.headers.get_list("set-cookie") == ["app=1; Path=/"]
     mw = TrackingMiddleware(starlette_app(), make_settings(capture_bots=True))
-    async with client_for(mw, headers={"user-agent": GOOGLEBOT}) as c:
+    async with asgi_client(mw, ua=GOOGLEBOT) as c:
         r = await c.get("/?click_id=K1")
     assert r.json()["attribution"]["touches"]["kwai"]["click_id"] == "K1"
 
 
 async def test_bad_cookies_give_a_fresh_session(mw: TrackingMiddleware) -> None:
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         r = await c.get("/?click_id=K1")
         good = r.cookies["_tmw"]
     for bad in (good[:-5] + "AAAAA", good[:20], "%%%", "x" * 5000, '"' + good):
-        async with client_for(mw, cookies={"_tmw": bad}) as c:
+        async with asgi_client(mw, cookies={"_tmw": bad}) as c:
             r = await c.get("/?click_id=K2")
             assert r.status_code == 200
             t = r.json()["attribution"]["touches"]
@@ -326,18 +309,18 @@ async def test_bad_cookies_give_a_fresh_session(mw: TrackingMiddleware) -> None:
 async def test_trusted_proxy_headers() -> None:
     s = make_settings(trusted_proxies=["10.0.0.0/8"])
     mw = TrackingMiddleware(starlette_app(), s)
-    async with client_for(mw, peer=("10.1.2.3", 1)) as c:
+    async with asgi_client(mw, peer="10.1.2.3") as c:
         r = await c.get(
             "/", headers=[("x-forwarded-for", "6.6.6.6, 1.1.1.1"), ("x-forwarded-for", "10.0.0.9")]
         )  # type: ignore[arg-type]
         assert r.json()["attribution"]["client"]["ip"] == "1.1.1.1"
-    async with client_for(mw, peer=("203.0.113.1", 1)) as c:
+    async with asgi_client(mw, peer="203.0.113.1") as c:
         r = await c.get("/", headers={"x-forwarded-for": "1.1.1.1"})
         assert r.json()["attribution"]["client"]["ip"] == "203.0.113.1"
 
 
 async def test_streaming_and_context_reset(mw: TrackingMiddleware) -> None:
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         r = await c.get("/stream?click_id=S1")
     assert r.text == "0:S1;1:S1;2:S1;"
     assert _state.get() is None
@@ -358,7 +341,7 @@ async def test_internal_error_does_not_break_the_app(
         raise ValueError("bug")
 
     monkeypatch.setattr(mw._core, "process", broken)
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         r = await c.get("/?click_id=K1")
     assert r.status_code == 200 and r.json()["state"] is False
 
@@ -367,7 +350,7 @@ async def test_cookie_domain_and_secure() -> None:
     mw = TrackingMiddleware(
         starlette_app(), make_settings(cookie_secure=True, cookie_domain=".shop.test")
     )
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         r = await c.get("/?click_id=K1&fbclid=F1")
     for value in r.headers.get_list("set-cookie"):
         if value.startswith(("_tmw=", "_fbc=", "_fbp=")):
@@ -378,11 +361,11 @@ async def test_roibest_param_setting() -> None:
     from tracking_mw.config import RoibestConfig
 
     mw = TrackingMiddleware(starlette_app(), make_settings(roibest=RoibestConfig(link_param="rb")))
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         r = await c.get("/?rb=L7&link_id=nope")
     assert r.json()["attribution"]["touches"]["roibest"]["click_id"] == "L7"
     mw = TrackingMiddleware(starlette_app(), make_settings(roibest=None))
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         r = await c.get("/?link_id=L1")
     assert r.json()["attribution"]["touches"] == {}
 
@@ -456,7 +439,7 @@ async def test_lifespan_starts_and_stops_runtime(monkeypatch: pytest.MonkeyPatch
     assert events == ["app-start:['startup']", "app-stop:['startup']"]
     assert rt.calls == ["startup", "shutdown"]
     # Started by lifespan: the first request does not start it again.
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         await c.get("/")
     assert rt.calls == ["startup", "shutdown"]
 
@@ -483,7 +466,7 @@ async def test_runtime_started_on_first_request_without_lifespan(
 ) -> None:
     monkeypatch.setattr(setup_mod, "Runtime", FakeRuntime)
     mw = TrackingMiddleware(starlette_app(), make_settings())
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         await c.get("/")
         await c.get("/")
     assert mw._runtime.calls == ["startup"]  # type: ignore[attr-defined]
@@ -527,7 +510,7 @@ async def test_raw_scope_minimal_fields(mw: TrackingMiddleware) -> None:
 
 async def test_codec_reads_what_middleware_writes(settings: Settings) -> None:
     mw = TrackingMiddleware(starlette_app(), settings)
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         r = await c.get("/?click_id=K1")
         value = str(r.cookies["_tmw"])
     a = SessionCodec(settings).decode(value)
@@ -543,7 +526,7 @@ async def test_oversize_attribution_sheds_oldest_touch(caplog: pytest.LogCapture
         return "".join(r.choice(string.ascii_letters + string.digits) for _ in range(n))
 
     mw = TrackingMiddleware(starlette_app(), make_settings(write_meta_cookies=False))
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         # Each landing adds one platform with a long, incompressible id.
         for i, q in enumerate(
             [
@@ -572,17 +555,17 @@ async def test_oversize_attribution_sheds_oldest_touch(caplog: pytest.LogCapture
 async def test_key_rotation_through_the_middleware() -> None:
     old_key, new_key = "o" * 32, "n" * 32
     old = TrackingMiddleware(starlette_app(), make_settings(secret_key=[old_key]))
-    async with client_for(old) as c:
+    async with asgi_client(old) as c:
         r = await c.get("/?click_id=K1")
         value = r.cookies["_tmw"]
     rotated = TrackingMiddleware(starlette_app(), make_settings(secret_key=[new_key, old_key]))
-    async with client_for(rotated, cookies={"_tmw": value}) as c:
+    async with asgi_client(rotated, cookies={"_tmw": value}) as c:
         r = await c.get("/")
         assert r.json()["attribution"]["touches"]["kwai"]["click_id"] == "K1"
         r = await c.get("/?rtid=" + "r" * 32)  # a change: re-signed with the newest key
         value2 = r.cookies["_tmw"]
     only_new = TrackingMiddleware(starlette_app(), make_settings(secret_key=[new_key]))
-    async with client_for(only_new, cookies={"_tmw": value2}) as c:
+    async with asgi_client(only_new, cookies={"_tmw": value2}) as c:
         r = await c.get("/")
         assert set(r.json()["attribution"]["touches"]) == {"kwai", "rokt"}
 
@@ -593,7 +576,7 @@ async def test_last_seen_refreshed_at_most_hourly(monkeypatch: pytest.MonkeyPatc
     clock = [1_800_000_000.0]
     monkeypatch.setattr(core_mod.time, "time", lambda: clock[0])
     mw = TrackingMiddleware(starlette_app(), make_settings())
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         r = await c.get("/?click_id=K1")
         assert len(tmw_cookies(r)) == 1
         clock[0] += 1800
@@ -610,7 +593,7 @@ async def test_user_agent_cleaning_is_remembered_per_agent(mw: TrackingMiddlewar
     # The cleaned agent is cached per string: repeats must give the same answers as the first.
     odd = "Mozilla/5.0 \u00e9\x01bad"
     long = "Mozilla/5.0 " + "x" * 3000
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         for _ in range(2):
             r = await c.get("/", headers={"user-agent": CHROME})
             assert r.json()["attribution"]["client"]["user_agent"] == CHROME
@@ -637,7 +620,7 @@ async def test_remembered_later_requests_read_this_request_only() -> None:
 
     mw = TrackingMiddleware(changing, make_settings())
     seen = mw._core._quiet
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         await c.get("/?click_id=K1&pixel_id=P1")
         first = await c.get("/a")  # decoded, then remembered
         assert len(seen) == 1
@@ -663,7 +646,7 @@ async def test_remembered_state_is_made_once_per_context(mw: TrackingMiddleware)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         await c.get("/?click_id=K1&pixel_id=P1")
         mw.app = view
         await c.get("/a")  # decoded, then remembered
@@ -680,7 +663,7 @@ async def test_remembered_state_is_made_once_per_context(mw: TrackingMiddleware)
 async def test_split_cookie_headers_are_remembered_joined(mw: TrackingMiddleware) -> None:
     """HTTP/2 may split the Cookie header: a repeat view whose cookies come in two headers
     is remembered by the joined header and answered from memory like any other."""
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         r = await c.get("/?click_id=K1&pixel_id=P1")
         tmw = "_tmw=" + str(r.cookies["_tmw"])
     seen: list[str | None] = []
@@ -723,7 +706,7 @@ async def test_consent_hook_sees_every_repeat_request() -> None:
         return True
 
     mw = TrackingMiddleware(starlette_app(), make_settings(consent=consent))
-    async with client_for(mw) as c:
+    async with asgi_client(mw) as c:
         await c.get("/?click_id=K1&pixel_id=P1")
         for _ in range(3):
             r = await c.get("/")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
-import httpx
 import pytest
 from flask import Flask, Response, jsonify
 
 import tracking_mw._setup as setup_mod
+from tests._clients import tmw_cookies, wsgi_client
 from tests._settings import quiet_settings
 from tracking_mw._context import _state, current_attribution, current_state
 from tracking_mw._errors import ConfigurationError
@@ -21,6 +22,8 @@ CHROME = (
     "Mozilla/5.0 (Linux; Android 13; SM-A536B) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/120.0.0.0 Mobile Safari/537.36"
 )
+# Every request of these tests comes from this phone unless a test says otherwise.
+client_for = functools.partial(wsgi_client, ua=CHROME)
 BINGBOT = "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)"
 
 
@@ -70,19 +73,6 @@ class FakeRuntime:
         self.calls.append("thread")
 
 
-def client_for(mw: Any, *, peer: str = "198.51.100.8", ua: str = CHROME, **kw: Any) -> httpx.Client:
-    return httpx.Client(
-        transport=httpx.WSGITransport(app=mw, remote_addr=peer),
-        base_url="http://shop.test",
-        headers={"user-agent": ua},
-        **kw,
-    )
-
-
-def tmw(r: httpx.Response) -> list[str]:
-    return [c for c in r.headers.get_list("set-cookie") if c.startswith("_tmw=")]
-
-
 @pytest.fixture
 def mw() -> TrackingWSGIMiddleware:
     return TrackingWSGIMiddleware(flask_app().wsgi_app, make_settings())
@@ -104,11 +94,11 @@ def test_landing_then_later_pages(mw: TrackingWSGIMiddleware) -> None:
             "url": "http://shop.test/landing?click_id=K%2B1&pixel_id=P1&utm_source=kwai",
             "referrer": "https://r/",
         }
-        assert len(tmw(r)) == 1 and r.headers["x-app"] == "kept"
+        assert len(tmw_cookies(r)) == 1 and r.headers["x-app"] == "kept"
         assert any(x.startswith("app=1") for x in r.headers.get_list("set-cookie"))
         for path in ("/a", "/b"):
             r2 = c.get(path)
-            assert tmw(r2) == []
+            assert tmw_cookies(r2) == []
             assert r2.json()["attribution"]["touches"]["kwai"]["click_id"] == "K+1"
             assert r2.json()["attribution"]["visitor_id"] == a["visitor_id"]
     assert _state.get() is None
@@ -120,7 +110,7 @@ def test_meta_cookies(mw: TrackingWSGIMiddleware) -> None:
         names = sorted(x.split("=")[0] for x in r.headers.get_list("set-cookie"))
         assert names == ["_fbc", "_fbp", "_tmw", "app"]
         r = c.get("/")
-        assert tmw(r) == [] and not any(
+        assert tmw_cookies(r) == [] and not any(
             x.startswith("_fb") for x in r.headers.get_list("set-cookie")
         )
 
@@ -162,7 +152,7 @@ def test_bots_skipped(mw: TrackingWSGIMiddleware) -> None:
     with client_for(mw, ua=BINGBOT) as c:
         r = c.get("/?click_id=K1")
     assert r.json()["attribution"]["touches"] == {}
-    assert tmw(r) == []
+    assert tmw_cookies(r) == []
 
 
 def test_bad_cookie_fresh_session(mw: TrackingWSGIMiddleware) -> None:
@@ -279,6 +269,6 @@ def test_remembered_later_requests_read_this_request_only() -> None:
         assert len(mw._core._quiet) == 1
         for ua in ("agent-2", "agent-3"):
             r = c.get("/b", headers={"user-agent": ua})
-            assert r.status_code == 200 and tmw(r) == []
+            assert r.status_code == 200 and tmw_cookies(r) == []
             assert r.text == f"{ua}|198.51.100.8|http://shop.test/b"
     assert first.text == f"{CHROME}|198.51.100.8|http://shop.test/a"
