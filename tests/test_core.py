@@ -95,6 +95,50 @@ def test_remembered_answer_ends_with_the_cookie(clock: list[float]) -> None:
     assert state.attribution is not None and state.attribution.touches == {}
 
 
+def test_a_visitor_who_clicked_days_ago_is_answered_from_memory(clock: list[float]) -> None:
+    """A click id that only a landing's query brings is never refreshed by a later page
+    view, so the memory lasts as long as the cookie, not an hour past the click."""
+    core = make_core(cookie_max_age=28 * DAY)
+    cookie = land(core)
+    clock[0] += 3 * DAY
+    _, written = core.process(parts(cookie), {})
+    assert written == [] and core.recall(cookie) is not None
+    _, end, _, _ = core._quiet[cookie]
+    assert end == T0 + 28 * DAY + 1  # the cookie's last valid second, end excluded
+    calls: list[str] = []
+    real = core.codec.decode
+
+    def counting(raw: str | None, now: int | None = None) -> Any:
+        calls.append("decode")
+        return real(raw, now)
+
+    core.codec.decode = counting  # type: ignore[method-assign]
+    clock[0] += 7 * DAY
+    state, written = core.process(parts(cookie), {})
+    assert written == [] and calls == []  # neither parsed nor decoded again
+    fresh, _ = make_core(cookie_max_age=28 * DAY).process(parts(cookie), {})
+    assert state.attribution is not None and fresh.attribution is not None
+    assert state.attribution.touches == fresh.attribution.touches
+    assert state.attribution.touches["kwai"].last_seen == T0
+
+
+def test_a_pixel_cookie_bringing_the_click_id_again_bounds_the_memory(
+    clock: list[float],
+) -> None:
+    core = make_core()
+    _, written = core.process(parts(query=b"bbg=B1&pixel_id=P1"), {})
+    header = f"{written[0].split(';', 1)[0]}; _bge_bbg=B1"
+    clock[0] += 600
+    _, again = core.process(parts(header), {})
+    assert again == [] and header in core._quiet
+    _, end, _, _ = core._quiet[header]
+    assert end == T0 + 3600  # then the click id seen again refreshes last_seen
+    clock[0] = T0 + 3600
+    assert core.recall(header) is None
+    _, refreshed = core.process(parts(header), {})
+    assert len(refreshed) == 1 and refreshed[0].startswith("_tmw=")
+
+
 def test_requests_with_something_to_capture_are_not_remembered(clock: list[float]) -> None:
     core = make_core()
     cookie = land(core)

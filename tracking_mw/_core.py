@@ -309,7 +309,7 @@ class Core:
         else:
             need_fbp = False
         if not found and not need_fbp:
-            self._remember_quiet(parts, cookies, stored)
+            self._remember_quiet(parts, cookies, stored, found)
         elif not self._capture_bots and (ua := parts.user_agent):
             bot = self._bots.get(ua)
             if bot is None:
@@ -378,7 +378,7 @@ class Core:
         if not changed and not set_cookies:
             # Pixel cookies captured again with nothing new (every page view of a visitor
             # on a site that uses Meta): as quiet as a request with nothing to capture.
-            self._remember_quiet(parts, cookies, stored)
+            self._remember_quiet(parts, cookies, stored, found)
         if changed:
             written = self.codec.set_cookie_of(visitor, touches, now)
             if written is not None:
@@ -420,17 +420,24 @@ class Core:
         return self._attribution_of(None, visitor, touches, parts)
 
     def _remember_quiet(
-        self, parts: RequestParts, cookies: dict[str, str], stored: Attribution | None
+        self,
+        parts: RequestParts,
+        cookies: dict[str, str],
+        stored: Attribution | None,
+        found: Mapping[str, Incoming],
     ) -> None:
         """Remember that a request without a query and with this Cookie header writes
         nothing and shows ``stored``, for as long as that cannot change. (Called for any
-        request that writes nothing; only those without a query and with a valid session
-        cookie are kept.)
+        request that writes nothing, with what it ``found`` in its cookies; only those
+        without a query and with a valid session cookie are kept.)
 
         The header alone decides what is captured and merged; a bot's request captures
         nothing, which also writes nothing and shows ``stored``. The clock decides the rest:
         the cookie's validity and pruning (its stable span), and the hourly ``last_seen``
-        refresh of a click id that comes again (from a pixel cookie), hence the end time.
+        refresh of a click id that a pixel cookie in this header brings again (Bigo's
+        ``_bge_bbg``, Meta's ``_fbc``), hence the end time. A click id only a landing's query
+        brings (Kwai's, most platforms') is never refreshed by this header: a visitor who
+        clicked days ago is remembered as long as one who clicked a minute ago.
         """
         raw_cookie = parts.cookie
         if parts.query or stored is None or not raw_cookie or len(raw_cookie) > _QUIET_MAX_CHARS:
@@ -439,8 +446,13 @@ class Core:
         if span is None:
             return
         until = span[1]
-        for t in stored.touches.values():
-            until = min(until, t.last_seen + LAST_SEEN_REFRESH - 1)
+        touches = stored.touches
+        for platform, inc in found.items():
+            # Nothing was written, so a click id found here is the one stored: it refreshes
+            # that touch's last_seen once the hour is up.
+            t = touches.get(platform)
+            if inc.click_id is not None and t is not None:
+                until = min(until, t.last_seen + LAST_SEEN_REFRESH - 1)
         quiet = self._quiet
         if len(quiet) >= _QUIET_SIZE:
             quiet.clear()
