@@ -8,7 +8,9 @@ Scenarios, all served by one server process, each app under its own first path s
 - ``tracking landing``: ``TrackingMiddleware``, every request a landing with a click id and no
   cookie (capture, sign, ``Set-Cookie``).
 - ``tracking later``: ``TrackingMiddleware``, every request with a valid session cookie and
-  nothing new (decode, expose, no ``Set-Cookie``).
+  nothing new (decode, expose, no ``Set-Cookie``): the cookie the landing wrote, as the
+  visitor carries it three days after the click (times and signature moved back), which is
+  when most returning visitors come back.
 - ``passthrough``: the least a pure ASGI middleware that shares per-request state with views
   can do (set a ContextVar, call the app, reset it), given the later request's very bytes:
   the floor for ``tracking later``.
@@ -52,6 +54,7 @@ Run standalone with ``python -m bench.bench_middleware``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import secrets
@@ -235,6 +238,34 @@ def make_app() -> Any:
 # -- load generator ----------------------------------------------------------------------------
 
 
+CLICKED_DAYS_AGO = 3
+
+
+def _clicked_days_ago(cookie: str) -> str:
+    """The landing's ``_tmw=...`` cookie as the visitor carries it CLICKED_DAYS_AGO days
+    later: its touches' times and its signing time moved back (nothing was written since)."""
+    from tracking_mw.config import Settings
+    from tracking_mw.session import SessionCodec
+
+    codec = SessionCodec(
+        Settings(secret_key=SECRET, cookie_secure=False, outbox="memory://", start_dispatcher=False)
+    )
+    name, value = cookie.split("=", 1)
+    now = int(time.time())
+    stored = codec.decode(value, now)
+    if stored is None:
+        raise RuntimeError("the landing's cookie does not decode")
+    back = CLICKED_DAYS_AGO * 86_400
+    touches = {
+        platform: dataclasses.replace(
+            t, first_seen=t.first_seen - back, last_seen=t.last_seen - back
+        )
+        for platform, t in stored.touches.items()
+    }
+    aged = codec.encode(dataclasses.replace(stored, touches=touches), now - back)
+    return f"{name}={aged}"
+
+
 def _request(path: str, cookie: str | None) -> bytes:
     lines = [
         f"GET {path} HTTP/1.1",
@@ -369,7 +400,7 @@ def _scenarios() -> list[Scenario]:
         return None
 
     def tmw(port: int) -> str | None:
-        return asyncio.run(_fetch_cookie(port, "/tracking" + LANDING, "_tmw"))
+        return _clicked_days_ago(asyncio.run(_fetch_cookie(port, "/tracking" + LANDING, "_tmw")))
 
     def meta(port: int) -> str | None:
         return asyncio.run(_fetch_cookie(port, "/tracking-meta" + META_LANDING, None))
@@ -486,7 +517,7 @@ def _protocol() -> dict[str, float]:
         await serve(_request("/session-write/", None), 1)
         counter = set_cookie("session")
         await serve(_request("/tracking" + LANDING, None), 1)
-        tmw = set_cookie("_tmw")
+        tmw = _clicked_days_ago(set_cookie("_tmw"))
         await serve(_request("/tracking-meta" + META_LANDING, None), 1)
         meta = set_cookie(None)
         cookies = {
@@ -595,7 +626,7 @@ def _inprocess() -> list[tuple[str, float]]:
     async def main() -> list[tuple[str, float]]:
         path, _, query = LANDING.partition("?")
         await tracking(scope(path, query, None), receive, send)
-        tmw = cookie_of("_tmw")
+        tmw = _clicked_days_ago(cookie_of("_tmw"))
         sent.clear()
         mpath, _, mquery = META_LANDING.partition("?")
         await tracking_meta(scope(mpath, mquery, None), receive, send)
