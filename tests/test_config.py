@@ -110,7 +110,7 @@ def test_trusted_proxies() -> None:
     ],
 )
 def test_bad_values_fail_at_construction(var: str, value: str) -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match=var):
         Settings.from_env(environ=env(**{var: value}))
 
 
@@ -198,6 +198,7 @@ def test_platforms_can_be_disabled() -> None:
         ({"TRACKING_TIKTOK_PIXEL_ID": "p"}, "TRACKING_TIKTOK_ACCESS_TOKEN"),
         ({"TRACKING_TIKTOK_BASE_URL": "http://x"}, "TRACKING_TIKTOK_PIXEL_ID"),
         ({"TRACKING_KWAI_TEST": "true"}, "TRACKING_KWAI_ACCESS_TOKENS"),
+        ({"TRACKING_KWAI_BASE_URL": "http://x"}, "TRACKING_KWAI_ACCESS_TOKENS"),
     ],
 )
 def test_half_configured_platforms(given: dict[str, str], missing: str) -> None:

@@ -321,7 +321,9 @@ class Settings:
         if self.consent is not None and not callable(self.consent):
             raise ConfigurationError("consent must be a callable taking the scope/environ")
         if not re.fullmatch(r"[A-Z]{2}", self.phone_region):
-            raise ConfigurationError("phone_region must be an ISO 3166 alpha-2 code such as BR")
+            raise ConfigurationError(
+                "TRACKING_PHONE_REGION must be an ISO 3166 alpha-2 code such as BR"
+            )
         emap: dict[str, dict[str, str | None]] = {}
         for platform, table in dict(self.event_map).items():
             if platform not in PLATFORMS:
@@ -374,9 +376,10 @@ class Settings:
             if (v := get("TRACKING_KWAI_BASE_URL")) is not None:
                 kwai_kw["base_url"] = v
             kw["kwai"] = KwaiConfig(**kwai_kw)
-        elif get("TRACKING_KWAI_TEST") is not None:
+        elif given := [v for v in ("TRACKING_KWAI_TEST", "TRACKING_KWAI_BASE_URL") if get(v)]:
             raise ConfigurationError(
-                "TRACKING_KWAI_TEST is set but TRACKING_KWAI_ACCESS_TOKENS is not"
+                f"Kwai is half configured ({' and '.join(given)} set): "
+                "set TRACKING_KWAI_ACCESS_TOKENS"
             )
         if get("TRACKING_BIGO_ENABLED") is not None and not _bool(
             get("TRACKING_BIGO_ENABLED") or "", "TRACKING_BIGO_ENABLED"
