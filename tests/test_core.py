@@ -287,3 +287,71 @@ def test_bot_flags_are_remembered_per_agent_as_sent() -> None:
             assert ("kwai" in state.attribution.touches) is captured
             assert len(written) == captured
     assert core._bots == {BOT: True, human: False}
+
+
+def _jar(written: list[str]) -> dict[str, str]:
+    return dict(w.split(";", 1)[0].split("=", 1) for w in written)
+
+
+def test_a_stale_pixel_cookie_never_undoes_a_newer_landing(clock: list[float]) -> None:
+    core = make_core()
+    # The Bigo pixel's cookie still holds an earlier click when the new landing arrives.
+    first, written = core.process(
+        parts("_bge_bbg=OLDBBG999", query=b"bbg=NEWBBG123&pixel_id=PIX"), {}
+    )
+    tmw = _jar(written)["_tmw"]
+    assert first.attribution is not None
+    landed = first.attribution.touches["bigo"]
+    clock[0] += 60
+    later, written = core.process(parts(f"_tmw={tmw}; _bge_bbg=OLDBBG999", path="/next"), {})
+    assert written == []
+    assert later.attribution is not None
+    assert later.attribution.touches["bigo"] == landed
+    assert (landed.click_id, landed.pixel_id) == ("NEWBBG123", "PIX")
+    assert landed.landing_url == "https://shop.test/p?bbg=NEWBBG123&pixel_id=PIX"
+
+
+def test_a_pixel_cookie_click_fills_in_when_nothing_is_stored(clock: list[float]) -> None:
+    core = make_core()
+    state, written = core.process(parts("_bge_bbg=B1; _bge_ci=CI1", query=b"utm_source=x"), {})
+    assert state.attribution is not None and "_tmw" in _jar(written)
+    bigo = state.attribution.touches["bigo"]
+    assert (bigo.click_id, bigo.pixel_id, bigo.extra) == ("B1", None, {"cookie_id": "CI1"})
+    assert bigo.utm == {}  # this page's tags did not come with that click
+
+
+def test_meta_fbc_replaces_the_stored_click_only_when_it_is_newer(clock: list[float]) -> None:
+    core = make_core(**_meta_settings())
+    _, written = core.process(parts(query=b"fbclid=NEWCLICK"), {})
+    jar = _jar(written)
+    old_fbc = f"fb.1.{(T0 - 86_400) * 1000}.OLDCLICK"  # a click the day before
+    clock[0] += 60
+    state, written = core.process(
+        parts(f"_fbc={old_fbc}; _fbp={jar['_fbp']}; _tmw={jar['_tmw']}"), {}
+    )
+    assert written == []
+    assert state.attribution is not None
+    meta = state.attribution.touches["meta"]
+    assert meta.click_id == "NEWCLICK" and meta.extra["fbc"] == jar["_fbc"]
+    # A click the pixel saw after ours, on a page this server did not answer.
+    newer_fbc = f"fb.1.{(T0 + 30) * 1000}.NEWERCLICK"
+    state, written = core.process(
+        parts(f"_fbc={newer_fbc}; _fbp={jar['_fbp']}; _tmw={jar['_tmw']}"), {}
+    )
+    assert "_tmw" in _jar(written)
+    assert state.attribution is not None
+    meta = state.attribution.touches["meta"]
+    assert meta.click_id == "NEWERCLICK" and meta.extra["fbc"] == newer_fbc
+    assert meta.first_seen == T0 + 60
+
+
+def test_a_later_visit_keeps_the_clicks_utm_tags(clock: list[float]) -> None:
+    core = make_core(**_meta_settings())
+    _, written = core.process(parts(query=b"fbclid=F1&utm_source=facebook&utm_campaign=summer"), {})
+    header = "; ".join(f"{k}={v}" for k, v in _jar(written).items())
+    clock[0] += 7200  # past the hourly last_seen refresh
+    state, written = core.process(parts(header, query=b"utm_source=newsletter"), {})
+    assert state.attribution is not None
+    meta = state.attribution.touches["meta"]
+    assert meta.utm == {"utm_source": "facebook", "utm_campaign": "summer"}
+    assert meta.last_seen == T0 + 7200 and "_tmw" in _jar(written)  # only last_seen moved

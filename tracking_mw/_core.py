@@ -144,6 +144,26 @@ class RequestParts(NamedTuple):
 _Quiet = tuple[int, int, Attribution, Callable[[Any], Attribution]]
 
 
+def _settle_cookie_click(inc: Incoming, stored: Touch | None) -> None:
+    """Keep a pixel cookie's click id (``inc.from_cookie``) only if it can be this visitor's
+    latest click: when nothing is stored for the platform, when it is the stored click id, or
+    when the cookie dates its click after the stored one (Meta's ``_fbc`` holds its creation
+    time). Otherwise it is a click older than the one stored, or of unknown age (Bigo's
+    ``_bge_bbg`` has no time): a stale cookie (not yet rewritten by the pixel, or a copy
+    under another Domain that the browser sends first) must not undo a newer landing's
+    click, its pixel id and landing URL. The cookie's other identifiers still count."""
+    if stored is None or stored.click_id is None or stored.click_id == inc.click_id:
+        return
+    fbc = inc.extra.get("fbc")
+    if fbc is not None:
+        created = fbc.split(".", 3)[2]  # fb.<subdomain index>.<creation ms>.<fbclid>
+        if created.isdigit() and int(created) > stored.first_seen * 1000:
+            return
+    inc.click_id = None
+    inc.from_cookie = False
+    inc.extra.pop("fbc", None)
+
+
 class Core:
     """Protocol-independent tracking logic for one :class:`Settings` (no per-request state).
 
@@ -350,7 +370,8 @@ class Core:
                     now,
                     now,
                     landing,
-                    ({} if click is None else dict(utm) if shared else utm),
+                    # A pixel cookie's click came with some earlier page's tags, not these.
+                    ({} if click is None or inc.from_cookie else dict(utm) if shared else utm),
                     inc.extra,
                 )
             changed = True
@@ -359,13 +380,16 @@ class Core:
             touches = dict(stored.touches)
             changed = False
             for platform, inc in found.items():
+                old = touches.get(platform)
+                if inc.from_cookie:
+                    _settle_cookie_click(inc, old)
                 touch, ch = _merge(
-                    touches.get(platform),
+                    old,
                     platform,
                     inc.click_id,
                     inc.pixel_id,
                     inc.extra,
-                    utm,
+                    {} if inc.from_cookie else utm,
                     landing,
                     now,
                 )

@@ -279,13 +279,16 @@ class Incoming:
     """What this request says about one platform.
 
     ``click_id`` None means the request carried only secondary identifiers (a cookie such as
-    ``_fbp`` or ``_bge_ci``) that refresh an existing touch's ``extra``.
+    ``_fbp`` or ``_bge_ci``) that refresh an existing touch's ``extra``. ``from_cookie``: the
+    click id came from a pixel cookie (``_bge_bbg``, ``_fbc``), not from this request's
+    query: a click some page saw before, maybe long before (see ``Core.process``).
     """
 
     platform: str
     click_id: str | None = None
     pixel_id: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    from_cookie: bool = False
 
 
 def query_names(link_param: str | None) -> tuple[str, ...]:
@@ -358,15 +361,19 @@ def _capture(
         bigo_ci = fbc = fbp = ttp = None
     if bbg is not None or bigo_ci is not None:
         inc = Incoming("bigo", bbg, pixel if from_url else None)
+        inc.from_cookie = bbg is not None and not from_url
         if bigo_ci is not None:
             inc.extra["cookie_id"] = bigo_ci
         found["bigo"] = inc
 
+    fbc_click = False
     if fbclid is None and fbc is not None:
         # The Meta pixel saw a click we did not: its cookie carries the fbclid.
         fbclid = clean_id(fbclid_of(fbc))
+        fbc_click = fbclid is not None
     if fbclid is not None or fbp is not None:
         inc = Incoming("meta", fbclid)
+        inc.from_cookie = fbc_click
         if fbc is not None and fbclid is not None and fbc_holds(fbc, fbclid):
             inc.extra["fbc"] = fbc
         if fbp is not None:
