@@ -44,18 +44,21 @@ NAMES = query_names("link_id")
         (b"click_id=first&click_id=second", {"click_id": "first"}),
         (b"click_id=&click_id=x", {"click_id": ""}),
         (b"click_id", {}),
-        (b"click_id=a%2Bb+c", {"click_id": "a+b c"}),
+        (b"click_id=a%2Bb+c", {"click_id": "a+b+c"}),  # "+" in an id is a "+"
+        (b"click_id=hExEe+mallKjKqagFxg==", {"click_id": "hExEe+mallKjKqagFxg=="}),
+        (b"utm_campaign=summer+sale%21", {"utm_campaign": "summer sale!"}),  # a space in tags
         (b"click_id=a%252B", {"click_id": "a%2B"}),  # decoded exactly once
         (b"click_id=%zz%4", {"click_id": "%zz%4"}),  # bad escapes stay as they are
         (b"click%5Fid=enc", {"click_id": "enc"}),  # an encoded key still counts
         (b"click_id=%C3%A9", {"click_id": "\u00e9"}),
-        (b"click_id=%FF%FE&fbclid=ok", {"fbclid": "ok"}),  # not UTF-8: dropped
-        (b"click_id=\xff\xfe&fbclid=ok", {"fbclid": "ok"}),  # raw non-UTF-8 bytes
+        (b"click_id=%FF%FE&fbclid=ok", {"click_id": "", "fbclid": "ok"}),  # not UTF-8: empty
+        (b"click_id=%FF&click_id=second", {"click_id": ""}),  # and still the first
+        (b"click_id=\xff\xfe&fbclid=ok", {"click_id": "", "fbclid": "ok"}),  # raw non-UTF-8
         (b"fbclid=IwAR0aBc-D_e", {"fbclid": "IwAR0aBc-D_e"}),  # case preserved
         (b"other=1&utm_source=fb&;&&=x", {"utm_source": "fb"}),
         (b"Click_ID=x", {}),  # names are case-sensitive
         (b"click_id=\xc3%A9", {"click_id": "\u00e9"}),  # raw byte + escape make UTF-8
-        (b"click_id=\xc3\xa9+x", {"click_id": "\u00e9 x"}),  # raw UTF-8 and a "+"
+        (b"click_id=\xc3\xa9+x", {"click_id": "\u00e9+x"}),  # raw UTF-8 and a "+"
         (b"click_id=plain\xc3\xa9", {"click_id": "plain\u00e9"}),
     ],
 )

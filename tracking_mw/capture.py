@@ -5,12 +5,15 @@ the ``Cookie`` header) to these functions, so both capture exactly the same thin
 
 Rules (see ``platform-notes.md``, "Identifiers"):
 
-- Query strings are parsed like HTML forms (``+`` is a space, ``%XX`` decoded once) but only
-  for the few keys we want; everything else is skipped without decoding. **The first
+- Only the few keys we want are decoded; everything else is skipped without decoding.
+  ``%XX`` is decoded once. A ``+`` is a space only in UTM tags (written by hand, like HTML
+  form values); in identifiers it stays a ``+``: Kwai's click ids are standard base64
+  (``hExEe+mallKjKqagFxg==``), and an id with a space in it is never valid. **The first
   occurrence of a repeated parameter wins**, under ASGI and WSGI alike (an ad platform's
   parameter is appended by the platform, and a second copy is more likely an injection).
 - A value that is not valid UTF-8 after decoding, holds control characters, is empty or is
   longer than its cap is dropped, never repaired: a changed click id is worse than none.
+  Dropped, it still counts as the first occurrence (a later copy is ignored all the same).
 - Click ids are kept byte-identical otherwise (case and punctuation preserved).
 
 Identifier table (URL parameter / cookie -> platform and field):
@@ -94,11 +97,16 @@ def clean_id(value: str | None, max_len: int = MAX_ID_LENGTH) -> str | None:
     return value
 
 
-def _decode(raw: bytes) -> str | None:
-    """Form-decode one query component once; None if it is not UTF-8."""
+# Parameters whose "+" is a space (form encoding); in every other value it is a "+".
+_FORM_VALUES = frozenset(UTM_KEYS)
+
+
+def _decode(raw: bytes, plus_is_space: bool = True) -> str | None:
+    """Decode one query component once (``%XX``, and ``+`` as a space if ``plus_is_space``);
+    None if it is not UTF-8."""
     # bytes.find, not ``in``: ``b"+" in raw`` first tries the needle as an int and pays for
     # the TypeError, which costs more than the search.
-    if raw.find(b"+") >= 0:
+    if plus_is_space and raw.find(b"+") >= 0:
         raw = raw.replace(b"+", b" ")
     if raw.find(b"%") >= 0:
         raw = unquote_to_bytes(raw)
@@ -114,7 +122,8 @@ def _encoded_names(names: tuple[str, ...]) -> frozenset[bytes]:
 
 
 def parse_query(query: bytes, names: Iterable[str]) -> dict[str, str]:
-    """The values of ``names`` in a raw query string; the first occurrence of a key wins.
+    """The values of ``names`` in a raw query string; the first occurrence of a key wins
+    (one whose value is not UTF-8 reads as empty). ``+`` is a space in UTM tags only.
 
     Only keys are looked at for every pair, and only wanted keys' values are decoded, so a
     64 KB query with 10,000 parameters costs one split. Never raises.
@@ -140,16 +149,16 @@ def _parse_query(query: bytes, wanted: frozenset[bytes]) -> dict[str, str]:
         name = key.decode("ascii")
         if name in out or not sep:
             continue
-        decoded: str | None
+        text: str | None
         try:
             text = value.decode("utf-8")
         except UnicodeDecodeError:
-            decoded = _decode(value)  # raw bytes and escapes together may still make UTF-8
-        else:
-            # "%" and "+" are ASCII, never part of a multi-byte character: test the text.
-            decoded = _decode(value) if "%" in text or "+" in text else text
-        if decoded is not None:
-            out[name] = decoded
+            text = None
+        # "%" and "+" are ASCII, never part of a multi-byte character: test the text. Not
+        # UTF-8 as it is: raw bytes and escapes together may still make UTF-8.
+        if text is None or "%" in text or "+" in text:
+            text = _decode(value, name in _FORM_VALUES)
+        out[name] = "" if text is None else text
     return out
 
 
@@ -172,10 +181,8 @@ def _parse_query_text(query: str, wanted: frozenset[str]) -> dict[str, str]:
         if key in out or not sep:
             continue
         if "%" in value or "+" in value:
-            decoded = _decode(value.encode("ascii"))
-            if decoded is None:
-                continue
-            value = decoded
+            decoded = _decode(value.encode("ascii"), key in _FORM_VALUES)
+            value = "" if decoded is None else decoded
         out[key] = value
     return out
 
