@@ -237,6 +237,86 @@ def test_lazy_start_response_and_exc_info() -> None:
     assert any(k == "Set-Cookie" and v.startswith("_tmw=") for k, v in headers)
 
 
+def _environ(query: str = "click_id=G1&pixel_id=P1", **kw: Any) -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/",
+        "QUERY_STRING": query,
+        "wsgi.url_scheme": "http",
+        "SERVER_NAME": "shop",
+        "SERVER_PORT": "80",
+        "REMOTE_ADDR": "198.51.100.8",
+        "HTTP_USER_AGENT": CHROME,
+        **kw,
+    }
+
+
+def test_a_streamed_body_sees_the_attribution_and_its_close_too() -> None:
+    """A body the app makes as the server draws it (a generator, a streamed Flask
+    response) runs with the request's attribution, as a streaming ASGI view does."""
+    seen: list[Any] = []
+
+    class Body:
+        def __init__(self) -> None:
+            self.closed = 0
+
+        def __iter__(self) -> Any:
+            for part in (b"a", b"b"):
+                a = current_attribution()
+                seen.append(a.touches["kwai"].click_id if a else None)
+                yield part
+
+        def close(self) -> None:
+            self.closed += 1
+            seen.append(current_state() is not None)
+
+    made = Body()
+
+    def app(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return made
+
+    mw = TrackingWSGIMiddleware(app, make_settings())
+    body = mw(_environ(), lambda status, headers, exc_info=None: None)
+    assert _state.get() is None  # set only while the server draws or closes the body
+    assert b"".join(body) == b"ab"
+    assert _state.get() is None
+    body.close()  # type: ignore[attr-defined]
+    assert seen == ["G1", "G1", True] and made.closed == 1 and _state.get() is None
+
+
+def test_a_flask_stream_sees_the_attribution() -> None:
+    app = Flask(__name__)
+
+    @app.route("/")
+    def stream() -> Response:
+        def parts() -> Any:
+            for _ in range(2):
+                a = current_attribution()
+                yield (a.touches["kwai"].click_id if a else "none") + ";"
+
+        return Response(parts(), mimetype="text/plain")
+
+    with client_for(TrackingWSGIMiddleware(app.wsgi_app, make_settings())) as c:
+        r = c.get("/?click_id=F1")
+    assert r.text == "F1;F1;" and tmw_cookies(r)
+
+
+def test_made_bodies_and_file_wrappers_are_handed_back_as_they_are() -> None:
+    class FileWrapper:
+        def __init__(self, f: Any, size: int = 8192) -> None:
+            self.f = f
+
+        def __iter__(self) -> Any:
+            return iter([b"file"])
+
+    made: list[Any] = [[b"list"], (b"tuple",), FileWrapper(None)]
+    for body in made:
+        mw = TrackingWSGIMiddleware(lambda environ, sr, body=body: body, make_settings())
+        got = mw(_environ(**{"wsgi.file_wrapper": FileWrapper}), lambda *a: None)
+        assert got is body
+
+
 def test_construction(monkeypatch: pytest.MonkeyPatch) -> None:
     s = make_settings()
     assert (

@@ -4,7 +4,9 @@ Flask: ``app.wsgi_app = TrackingWSGIMiddleware(app.wsgi_app)``. Django:
 ``application = TrackingWSGIMiddleware(get_wsgi_application())``.
 
 The request state is set in a ContextVar for the duration of the app call (the thread handling
-the request runs the view inside it) and reset when the app returns its body iterable.
+the request runs the view inside it), and again while the server draws each chunk of a body
+the app makes as it goes (a generator, a streamed Flask response), and while it closes it:
+the same answer as the ASGI middleware gives a streaming view.
 Delivery runs in a background thread started on demand (``ensure_thread_dispatcher``, which is
 cheap, idempotent and re-started in a forked worker).
 """
@@ -12,7 +14,7 @@ cheap, idempotent and re-started in a forked worker).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Unpack
 from urllib.parse import quote
 
@@ -100,8 +102,58 @@ class TrackingWSGIMiddleware:
         token = _state.set(state)
         try:
             if cookies:
-                return self.app(environ, _cookie_start_response(start_response, cookies))
-            return self.app(environ, start_response)
+                body = self.app(environ, _cookie_start_response(start_response, cookies))
+            else:
+                body = self.app(environ, start_response)
+            # What the view left (a state it made from the deferred one), for the body.
+            state = _state.get()
+        finally:
+            _state.reset(token)
+        if type(body) in _MADE or _is_file(body, environ):
+            return body  # nothing runs while the server sends it (and sendfile stays)
+        return _TrackedBody(body, state)
+
+
+# Bodies already made: nothing of the app's runs while the server iterates them.
+_MADE = (list, tuple)
+
+
+def _is_file(body: object, environ: WSGIEnviron) -> bool:
+    wrapper = environ.get("wsgi.file_wrapper")
+    return isinstance(wrapper, type) and isinstance(body, wrapper)
+
+
+class _TrackedBody:
+    """An app's body iterable, drawn and closed with the request's state set (PEP 3333:
+    ``close()`` is passed on whatever happens)."""
+
+    __slots__ = ("_body", "_it", "_state")
+
+    def __init__(self, body: Iterable[bytes], state: RequestState | Deferred | None) -> None:
+        self._body = body
+        self._it: Iterator[bytes] | None = None
+        self._state = state
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        token = _state.set(self._state)
+        try:
+            it = self._it
+            if it is None:
+                it = self._it = iter(self._body)
+            return next(it)
+        finally:
+            _state.reset(token)
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        if close is None:
+            return
+        token = _state.set(self._state)
+        try:
+            close()
         finally:
             _state.reset(token)
 
