@@ -84,7 +84,9 @@ def check_set_cookies(values: list[str]) -> None:
         assert ";" in rest and "," not in rest.split(";")[0]
 
 
-def run_asgi(q: bytes, cookie: str, ua: bytes, ref: bytes, xff: bytes) -> tuple[Any, list[str]]:
+def run_asgi(
+    q: bytes, cookie: str, ua: bytes, ref: bytes, xff: bytes, path: str = "/p"
+) -> tuple[Any, list[str]]:
     seen: dict[str, Any] = {}
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -113,7 +115,7 @@ def run_asgi(q: bytes, cookie: str, ua: bytes, ref: bytes, xff: bytes) -> tuple[
         "type": "http",
         "method": "GET",
         "scheme": "http",
-        "path": "/p",
+        "path": path,  # no raw_path (optional in ASGI): the decoded path is all there is
         "query_string": q,
         "headers": headers,
         "client": ("127.0.0.1", 5),
@@ -128,7 +130,9 @@ def run_asgi(q: bytes, cookie: str, ua: bytes, ref: bytes, xff: bytes) -> tuple[
     return seen["snap"], cookies
 
 
-def run_wsgi(q: bytes, cookie: str, ua: bytes, ref: bytes, xff: bytes) -> tuple[Any, list[str]]:
+def run_wsgi(
+    q: bytes, cookie: str, ua: bytes, ref: bytes, xff: bytes, path: str = "/p"
+) -> tuple[Any, list[str]]:
     seen: dict[str, Any] = {}
 
     def app(environ: Any, start_response: Any) -> list[bytes]:
@@ -146,7 +150,8 @@ def run_wsgi(q: bytes, cookie: str, ua: bytes, ref: bytes, xff: bytes) -> tuple[
     environ = {
         "REQUEST_METHOD": "GET",
         "SCRIPT_NAME": "",
-        "PATH_INFO": "/p",
+        # PEP 3333: the decoded path's bytes as a latin-1 string.
+        "PATH_INFO": path.encode("utf-8", "surrogatepass").decode("latin-1"),
         "QUERY_STRING": q.decode("latin-1"),
         "SERVER_NAME": "shop.test",
         "SERVER_PORT": "80",
@@ -179,6 +184,18 @@ def test_hostile_requests_same_under_asgi_and_wsgi(
     check_set_cookies(cookies_w)
     assert snap_a == snap_w
     assert sorted(c.split("=")[0] for c in cookies_a) == sorted(c.split("=")[0] for c in cookies_w)
+
+
+@fuzz
+@given(st.text(max_size=30).map(lambda t: "/" + t))
+def test_decoded_paths_make_the_same_url_under_asgi_and_wsgi(path: str) -> None:
+    """A server that gives only the decoded path (ASGI without raw_path, WSGI without
+    REQUEST_URI): "?", "%" and the rest are characters of the path, quoted back alike."""
+    a, _ = run_asgi(b"click_id=K1", "", b"ua", b"", b"", path)
+    w, _ = run_wsgi(b"click_id=K1", "", b"ua", b"", b"", path)
+    assert a == w
+    url = a["touches"]["kwai"]["landing_url"]
+    assert url.endswith("?click_id=K1") and url.count("?") == 1
 
 
 @settings(max_examples=40, deadline=None)

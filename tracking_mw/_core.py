@@ -70,11 +70,22 @@ from .useragent import MAX_USER_AGENT, is_bot
 if TYPE_CHECKING:
     from ._runtime import Runtime
 
-__all__ = ["Core", "RequestParts"]
+__all__ = ["Core", "RequestParts", "quote_decoded_path"]
 
 logger = logging.getLogger("tracking_mw")
 
 MAX_URL = 2048
+# Kept as they are when a path the server already decoded is quoted back ("%" and "?" not:
+# in a decoded path they are characters of the path, escaped in the request).
+_DECODED_PATH_SAFE = "/:@!$&'()*+,;=~"
+
+
+def quote_decoded_path(path: bytes) -> str:
+    """The URL path of a path the server already percent-decoded (WSGI's ``PATH_INFO``, an
+    ASGI scope without ``raw_path``): the same under both glues."""
+    return quote(path, safe=_DECODED_PATH_SAFE) or "/"
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HOST = re.compile(r"[A-Za-z0-9.\-_]{1,253}(:\d{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:\d{1,5})?")
 # Characters kept verbatim when rebuilding a URL; anything else is percent-encoded.

@@ -22,7 +22,7 @@ from typing import Unpack
 from urllib.parse import quote
 
 from ._context import Deferred, RequestState, _state
-from ._core import Core, RequestParts
+from ._core import Core, RequestParts, quote_decoded_path
 from ._setup import middleware_setup
 from ._types import ASGIApp, Message, Receive, Scope, Send
 from .config import Settings, SettingsOverrides
@@ -67,8 +67,8 @@ def _parts(scope: Scope) -> RequestParts:
             if len(_paths) < 1024 and len(raw_path) <= 256:
                 _paths[raw_path] = path
     else:
-        # Per the ASGI spec "path" already includes root_path.
-        path = _quote_raw(str(scope.get("path") or "/").encode("utf-8", "surrogateescape"))
+        # Per the ASGI spec "path" already includes root_path, decoded.
+        path = quote_decoded_path(str(scope.get("path") or "").encode("utf-8", "surrogateescape"))
     # The server address goes as it is: it is formatted only if the Host header is unusable.
     return _new_parts(
         RequestParts,

@@ -19,7 +19,7 @@ from typing import Any, Unpack
 from urllib.parse import quote
 
 from ._context import Deferred, RequestState, _state
-from ._core import Core, RequestParts
+from ._core import Core, RequestParts, quote_decoded_path
 from ._setup import middleware_setup
 from ._types import StartResponse, WSGIApp, WSGIEnviron
 from .config import Settings, SettingsOverrides
@@ -37,8 +37,8 @@ def _parts(environ: WSGIEnviron) -> RequestParts:
         path = quote(raw_uri.split("?", 1)[0].encode("latin-1", "replace"), safe=_PATH_SAFE)
     else:
         # PEP 3333: SCRIPT_NAME/PATH_INFO are percent-decoded bytes in latin-1 strings.
-        decoded = (get("SCRIPT_NAME", "") + get("PATH_INFO", "")) or "/"
-        path = quote(decoded.encode("latin-1", "replace"), safe="/:@!$&'()*+,;=~")
+        decoded = get("SCRIPT_NAME", "") + get("PATH_INFO", "")
+        path = quote_decoded_path(decoded.encode("latin-1", "replace"))
     query = get("QUERY_STRING") or ""
     port = get("SERVER_PORT")
     name = get("SERVER_NAME")
