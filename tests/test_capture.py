@@ -29,6 +29,7 @@ from tracking_mw.capture import (
     parse_cookies,
     parse_query,
     query_names,
+    url_without_personal_data,
     valid_fbc,
     valid_fbp,
 )
@@ -330,3 +331,31 @@ def test_text_and_checked_query_paths_match_parse_query(parts: list[str], link: 
     if "%" not in text and "+" not in text:
         params = _checked_params(text, _param_caps(names))
         assert _capture(params, {}, link, True) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "kept"),
+    [
+        ("https://s.test/p", "https://s.test/p"),
+        ("https://s.test/p?click_id=K1&pixel_id=P&utm_source=kwai", None),  # untouched
+        (
+            "https://s.test/p?click_id=K1&email=jane%40x.com&phone=%2B5511999&utm_source=fb",
+            "https://s.test/p?click_id=K1&utm_source=fb",
+        ),
+        # Any e-mail address, whatever its parameter's name; names that contain a word.
+        ("https://s.test/p?contact=a@b.co&user_email=x&WhatsApp=1&q=1", "https://s.test/p?q=1"),
+        # Short names only as whole names: "fname" and "hotel" stay.
+        (
+            "https://s.test/p?name=J&fn=a&tel=1&fname=ok&hotel=ok",
+            "https://s.test/p?fname=ok&hotel=ok",
+        ),
+        ("https://s.test/p?first%5Fname=J&e%2Dmail=x&cpf=123", "https://s.test/p"),
+    ],
+)
+def test_landing_urls_lose_personal_data(url: str, kept: str | None) -> None:
+    assert url_without_personal_data(url) == (url if kept is None else kept)
+
+
+def test_utm_tags_holding_an_email_are_not_kept() -> None:
+    params = {"utm_source": "newsletter", "utm_term": "jane@x.com", "click_id": "K"}
+    assert capture(params, {})[1] == {"utm_source": "newsletter"}

@@ -355,3 +355,20 @@ def test_a_later_visit_keeps_the_clicks_utm_tags(clock: list[float]) -> None:
     meta = state.attribution.touches["meta"]
     assert meta.utm == {"utm_source": "facebook", "utm_campaign": "summer"}
     assert meta.last_seen == T0 + 7200 and "_tmw" in _jar(written)  # only last_seen moved
+
+
+def test_the_cookie_never_holds_an_email_or_phone_from_the_landing(clock: list[float]) -> None:
+    core = make_core()
+    query = b"click_id=K1&email=jane.doe%40example.com&phone=%2B5511999998888&utm_term=a@b.co"
+    state, written = core.process(parts(query=query), {})
+    tmw = _jar(written)["_tmw"]
+    assert "jane" not in tmw and "5511999998888" not in tmw and "a@b" not in tmw
+    assert state.attribution is not None
+    kwai = state.attribution.touches["kwai"]
+    assert kwai.landing_url == "https://shop.test/p?click_id=K1"
+    assert kwai.utm == {}
+    # Nor does the page URL a view sees and events send, nor the referrer.
+    assert state.attribution.client.url == "https://shop.test/p?click_id=K1"
+    later, _ = core.process(parts(f"_tmw={tmw}", referer="https://f.test/?e=a@b.co&x=1"), {})
+    assert later.attribution is not None
+    assert later.attribution.client.referrer == "https://f.test/?x=1"

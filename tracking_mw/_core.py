@@ -61,6 +61,7 @@ from .capture import (
     is_cookie_safe,
     parse_cookies,
     query_names,
+    url_without_personal_data,
 )
 from .client_ip import resolve_client_ip
 from .config import Settings
@@ -366,7 +367,7 @@ class Core:
 
         if url is None:
             url = self._page_url(parts)
-        landing = url[:MAX_LANDING_URL]
+        landing = url_without_personal_data(url)[:MAX_LANDING_URL]
         if stored is None:
             # A first visit: every touch is new, as _merge makes it when nothing is stored.
             # The request's own dicts go into the touch when no other touch shares them.
@@ -545,8 +546,10 @@ class Core:
                 if trusted
                 else parts.peer,
                 self._agent_of(ua) if ua else None,
-                url if url is not None else self._page_url(parts),
-                _clean(referer, MAX_URL) if referer else None,
+                url_without_personal_data(url if url is not None else self._page_url(parts)),
+                url_without_personal_data(r)
+                if referer and (r := _clean(referer, MAX_URL))
+                else None,
             )
         except Exception as exc:  # tracking must never break the host app
             logger.error("tracking_mw: client context not read: %s", type(exc).__name__)

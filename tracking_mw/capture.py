@@ -36,7 +36,7 @@ import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote, unquote_to_bytes
 
 __all__ = [
     "BIGO_COOKIE_CLICK",
@@ -59,6 +59,7 @@ __all__ = [
     "parse_cookies",
     "parse_query",
     "query_names",
+    "url_without_personal_data",
     "valid_fbc",
     "valid_fbp",
 ]
@@ -402,6 +403,60 @@ def _capture(
     utm: dict[str, str] = {}
     for key in UTM_KEYS:
         v = get(key)
-        if v is not None and (checked or (v := clean_id(v, MAX_UTM_LENGTH)) is not None):
+        # A tag holding an e-mail address is personal data: never stored.
+        if (
+            v is not None
+            and (checked or (v := clean_id(v, MAX_UTM_LENGTH)) is not None)
+            and v.find("@") < 0
+        ):
             utm[key] = v
     return found, utm
+
+
+# Query parameters that carry personal data: never kept in the landing URL the cookie stores
+# (it is signed, not encrypted) nor sent as a page URL. Names containing one of these words...
+_PERSONAL_WORDS = (
+    "email", "e-mail", "phone", "telefone", "celular", "whatsapp", "cpf", "cnpj", "password",
+    "senha", "birth", "address", "endereco",
+)  # fmt: skip
+# ...or exactly one of these (short words that are parts of innocent names).
+_PERSONAL_NAMES = frozenset(
+    (
+        "mail", "tel", "mobile", "name", "fn", "ln", "first_name", "last_name", "firstname",
+        "lastname", "full_name", "fullname", "nome", "sobrenome", "dob", "nik", "ktp", "rg",
+        "zip", "cep", "postcode",
+    )
+)  # fmt: skip
+# A quick test that lets nearly every landing URL through untouched: a personal word, a
+# short name as a whole parameter name, or an "@" (any e-mail address, whatever its name).
+_PERSONAL_HINT = re.compile(
+    "|".join(re.escape(w) for w in _PERSONAL_WORDS)
+    + r"|(?:^|&)(?:"
+    + "|".join(re.escape(n) for n in sorted(_PERSONAL_NAMES))
+    + r")(?:=|&|$)|@|%40|%5F|%2D",
+    re.IGNORECASE,
+)
+
+
+def _personal(pair: str) -> bool:
+    name, _, value = pair.partition("=")
+    name = unquote(name).lower()
+    return (
+        "@" in value
+        or "%40" in value
+        or name in _PERSONAL_NAMES
+        or any(w in name for w in _PERSONAL_WORDS)
+    )
+
+
+def url_without_personal_data(url: str) -> str:
+    """``url`` without the query parameters that carry personal data: an e-mail address
+    in any parameter, and parameters named for an e-mail, a phone, a name, a birth date, an
+    address or a document number (CPF, CNPJ, NIK...), as lead forms that submit by GET put
+    them. Everything else stays as it was, in order. Applied to every URL tracking keeps or
+    sends: the landing URL in the cookie, the page URL and the referrer."""
+    base, sep, query = url.partition("?")
+    if not sep or not _PERSONAL_HINT.search(query):
+        return url
+    kept = [p for p in query.split("&") if not _personal(p)]
+    return f"{base}?{'&'.join(kept)}" if kept else base
