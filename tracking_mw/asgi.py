@@ -128,8 +128,9 @@ class TrackingMiddleware:
     view code through :func:`~tracking_mw.current_attribution`. Rules worth knowing:
 
     - a repeated query parameter: the **first** occurrence wins (the same under WSGI);
-    - ROIBest's parameter is read only when ``Settings.roibest`` is configured (its default
-      name ``link_id`` is too generic to collect on sites that do not use ROIBest);
+    - ROIBest's parameter (``Settings.roibest.link_param``, ``link_id`` by default) is read
+      unless ROIBest is switched off (``roibest=None``, ``TRACKING_ROIBEST_ENABLED=false``):
+      a site that does not use ROIBest may switch it off, the name being generic;
     - Meta: ``fbc`` is built from ``fbclid`` when ``_fbc`` is missing or holds another
       fbclid; ``fbp`` is created only when Meta is configured or an ``fbclid`` arrived; both
       are written as first-party cookies unless ``write_meta_cookies=False``;

@@ -315,8 +315,8 @@ def capture(
 ) -> tuple[dict[str, Incoming], dict[str, str]]:
     """Identifiers per platform, and the UTM tags, from decoded parameters and cookies.
 
-    ``link_param`` is ROIBest's parameter name, or None when ROIBest is not configured (its
-    default name ``link_id`` is too generic to collect from sites that do not use ROIBest).
+    ``link_param`` is ROIBest's parameter name, or None when ROIBest is switched off (then
+    ``link_id``, a generic name, is not collected).
     Meta's ``fbc``/``fbp`` construction needs the stored session and the clock, so it is done
     by the caller; here ``_fbc``/``_fbp`` are only validated and passed along.
     """

@@ -12,7 +12,7 @@ Failure policy, and why:
 - The outbox failing (disk full, Redis down) does **not** raise. A conversion is worth less
   than the checkout it follows, and a view that did not wrap ``track()`` in ``try`` must not
   turn a paid order into an error page. The receipt carries ``error``, every platform is in
-  ``skipped`` with the reason, the ``failed`` counter grows, and one warning is logged per
+  ``skipped`` with the reason, the ``failed`` counter grows, and one error is logged per
   failure streak (no payload, no PII), so the problem is visible to monitoring.
 """
 
