@@ -367,6 +367,10 @@ def test_the_cookie_never_holds_an_email_or_phone_from_the_landing(clock: list[f
     kwai = state.attribution.touches["kwai"]
     assert kwai.landing_url == "https://shop.test/p?click_id=K1"
     assert kwai.utm == {}
+    # Only parameters tracking reads, one of them holding an address: dropped all the same.
+    other, _ = make_core().process(parts(query=b"click_id=K2&utm_term=jane%40example.com"), {})
+    assert other.attribution is not None
+    assert other.attribution.touches["kwai"].landing_url == "https://shop.test/p?click_id=K2"
     # Nor does the page URL a view sees and events send, nor the referrer.
     assert state.attribution.client.url == "https://shop.test/p?click_id=K1"
     later, _ = core.process(parts(f"_tmw={tmw}", referer="https://f.test/?e=a@b.co&x=1"), {})

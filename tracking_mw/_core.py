@@ -367,7 +367,9 @@ class Core:
 
         if url is None:
             url = self._page_url(parts)
-        landing = url_without_personal_data(url)[:MAX_LANDING_URL]
+        # A landing's query is nearly always its platform's parameters and nothing else.
+        names_read = not query or len(params) == query.count(b"&") + 1
+        landing = url_without_personal_data(url, names_read)[:MAX_LANDING_URL]
         if stored is None:
             # A first visit: every touch is new, as _merge makes it when nothing is stored.
             # The request's own dicts go into the touch when no other touch shares them.

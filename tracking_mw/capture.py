@@ -427,36 +427,43 @@ _PERSONAL_NAMES = frozenset(
         "zip", "cep", "postcode",
     )
 )  # fmt: skip
-# A quick test that lets nearly every landing URL through untouched: a personal word, a
-# short name as a whole parameter name, or an "@" (any e-mail address, whatever its name).
-_PERSONAL_HINT = re.compile(
-    "|".join(re.escape(w) for w in _PERSONAL_WORDS)
-    + r"|(?:^|&)(?:"
-    + "|".join(re.escape(n) for n in sorted(_PERSONAL_NAMES))
-    + r")(?:=|&|$)|@|%40|%5F|%2D",
-    re.IGNORECASE,
-)
+_NAMES = re.compile(r"(?:^|&)([^=&]*)")
+# The verdict on each parameter name seen (a site's landing URLs use a few): a dict lookup.
+_verdicts: dict[str, bool] = {}
+
+
+def _personal_name(name: str) -> bool:
+    verdict = _verdicts.get(name)
+    if verdict is None:
+        n = unquote(name).lower()
+        verdict = n in _PERSONAL_NAMES or any(w in n for w in _PERSONAL_WORDS)
+        if len(_verdicts) < 1024:
+            _verdicts[name] = verdict
+    return verdict
 
 
 def _personal(pair: str) -> bool:
     name, _, value = pair.partition("=")
-    name = unquote(name).lower()
-    return (
-        "@" in value
-        or "%40" in value
-        or name in _PERSONAL_NAMES
-        or any(w in name for w in _PERSONAL_WORDS)
-    )
+    return "@" in value or "%40" in value or _personal_name(name)
 
 
-def url_without_personal_data(url: str) -> str:
+def url_without_personal_data(url: str, names_read: bool = False) -> str:
     """``url`` without the query parameters that carry personal data: an e-mail address
     in any parameter, and parameters named for an e-mail, a phone, a name, a birth date, an
     address or a document number (CPF, CNPJ, NIK...), as lead forms that submit by GET put
     them. Everything else stays as it was, in order. Applied to every URL tracking keeps or
-    sends: the landing URL in the cookie, the page URL and the referrer."""
+    sends: the landing URL in the cookie, the page URL and the referrer.
+
+    ``names_read``: the caller knows every parameter is one tracking reads (a click id, a
+    pixel id, a UTM tag; none of them named for personal data), so only values are looked
+    at: a landing URL then costs two searches instead of a look at every name.
+    """
     base, sep, query = url.partition("?")
-    if not sep or not _PERSONAL_HINT.search(query):
+    if not sep or (
+        query.find("@") < 0
+        and query.find("%40") < 0
+        and (names_read or not any(map(_personal_name, _NAMES.findall(query))))
+    ):
         return url
     kept = [p for p in query.split("&") if not _personal(p)]
     return f"{base}?{'&'.join(kept)}" if kept else base
