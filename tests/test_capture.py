@@ -28,6 +28,7 @@ from tracking_mw.capture import (
     is_cookie_safe,
     parse_cookies,
     parse_query,
+    pixels_by_click,
     query_names,
     url_without_personal_data,
     valid_fbc,
@@ -359,3 +360,19 @@ def test_landing_urls_lose_personal_data(url: str, kept: str | None) -> None:
 def test_utm_tags_holding_an_email_are_not_kept() -> None:
     params = {"utm_source": "newsletter", "utm_term": "jane@x.com", "click_id": "K"}
     assert capture(params, {})[1] == {"utm_source": "newsletter"}
+
+
+@pytest.mark.parametrize(
+    ("query", "kwai", "bigo"),
+    [
+        (b"click_id=K&pixel_id=PK&bbg=B&pixel_id=PB", "PK", "PB"),
+        (b"bbg=B&pixel_id=PB&click_id=K&pixel_id=PK", "PK", "PB"),
+        (b"click_id=K&bbg=B&pixel_id=P", None, "P"),  # the pixel after bbg is Bigo's
+        (b"click_id=K&pixel_id=P&bbg=B", "P", None),
+        (b"click%5Fid=K&pixel%5Fid=a%2Bb&bbg=B&pixel_id=%0A&pixel_id=late", "a+b", None),
+    ],
+)
+def test_pixel_ids_go_with_the_click_before_them(
+    query: bytes, kwai: str | None, bigo: str | None
+) -> None:
+    assert pixels_by_click(query) == {"kwai": kwai, "bigo": bigo}

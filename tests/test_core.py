@@ -376,3 +376,16 @@ def test_the_cookie_never_holds_an_email_or_phone_from_the_landing(clock: list[f
     later, _ = core.process(parts(f"_tmw={tmw}", referer="https://f.test/?e=a@b.co&x=1"), {})
     assert later.attribution is not None
     assert later.attribution.client.referrer == "https://f.test/?x=1"
+
+
+def test_one_url_with_kwai_and_bigo_clicks_gives_each_its_own_pixel(clock: list[float]) -> None:
+    core = make_core()
+    state, _ = core.process(parts(query=b"click_id=K1&pixel_id=PK&bbg=B1&pixel_id=PB"), {})
+    assert state.attribution is not None
+    touches = state.attribution.touches
+    assert (touches["kwai"].pixel_id, touches["bigo"].pixel_id) == ("PK", "PB")
+    # One click id and one pixel id, the usual landing: the pixel goes with that click.
+    state, _ = core.process(parts("_bge_bbg=B0", query=b"click_id=K2&pixel_id=P2"), {})
+    assert state.attribution is not None
+    assert state.attribution.touches["kwai"].pixel_id == "P2"
+    assert state.attribution.touches["bigo"].pixel_id is None

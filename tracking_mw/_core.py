@@ -60,6 +60,7 @@ from .capture import (
     fbc_holds,
     is_cookie_safe,
     parse_cookies,
+    pixels_by_click,
     query_names,
     url_without_personal_data,
 )
@@ -328,6 +329,12 @@ class Core:
 
         if params or len(cookies) > (stored is not None):
             found, utm = _capture(params, cookies, self._link_param, checked)
+            bigo = found.get("bigo")
+            if "kwai" in found and bigo is not None and bigo.click_id and not bigo.from_cookie:
+                # Both platforms' clicks on one URL: each pixel id goes with its own.
+                pixels = pixels_by_click(query)
+                found["kwai"].pixel_id = pixels["kwai"]
+                bigo.pixel_id = pixels["bigo"]
         else:
             # The common later request: no parameters, no pixel cookies, nothing to capture.
             found, utm = {}, {}

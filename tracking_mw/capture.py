@@ -58,6 +58,7 @@ __all__ = [
     "is_cookie_safe",
     "parse_cookies",
     "parse_query",
+    "pixels_by_click",
     "query_names",
     "url_without_personal_data",
     "valid_fbc",
@@ -411,6 +412,29 @@ def _capture(
         ):
             utm[key] = v
     return found, utm
+
+
+def pixels_by_click(query: bytes) -> dict[str, str | None]:
+    """Kwai's and Bigo's pixel ids when one query carries both platforms' click ids
+    (``click_id`` and ``bbg``): a ``pixel_id`` belongs to the click id before it, the first
+    one after each click id counting; a click id with none after it has none.
+
+    Rare (each platform builds its own landing URLs), so only then is the query read in
+    order; otherwise the one ``pixel_id`` goes with the one click id.
+    """
+    out: dict[str, str | None] = {"kwai": None, "bigo": None}
+    owner: str | None = None
+    for pair in query.split(b"&"):
+        key, _, value = pair.partition(b"=")
+        if key.find(b"%") >= 0 or key.find(b"+") >= 0:
+            key = (_decode(key) or "").encode("utf-8")
+        if key == b"click_id":
+            owner = "kwai"
+        elif key == b"bbg":
+            owner = "bigo"
+        elif key == b"pixel_id" and owner is not None and out[owner] is None:
+            out[owner] = clean_id(_decode(value, False)) or ""
+    return {platform: pixel or None for platform, pixel in out.items()}
 
 
 # Query parameters that carry personal data: never kept in the landing URL the cookie stores
