@@ -54,12 +54,8 @@ def land(core: Core) -> str:
     return written[0].split(";", 1)[0]
 
 
-def test_repeat_request_is_answered_from_memory(clock: list[float]) -> None:
-    core = make_core()
-    cookie = land(core)
-    header = f"{cookie}; other=1"
-    first, w1 = core.process(parts(header), {})
-    assert w1 == [] and header in core._quiet
+def count_decodes(core: Core) -> list[str]:
+    """A list that grows by one for each cookie ``core`` decodes from now on."""
     calls: list[str] = []
     real = core.codec.decode
 
@@ -68,6 +64,16 @@ def test_repeat_request_is_answered_from_memory(clock: list[float]) -> None:
         return real(raw, now)
 
     core.codec.decode = counting  # type: ignore[method-assign]
+    return calls
+
+
+def test_repeat_request_is_answered_from_memory(clock: list[float]) -> None:
+    core = make_core()
+    cookie = land(core)
+    header = f"{cookie}; other=1"
+    first, w1 = core.process(parts(header), {})
+    assert w1 == [] and header in core._quiet
+    calls = count_decodes(core)
     again, w2 = core.process(parts(header, peer="203.0.113.9"), {})
     assert w2 == [] and calls == []  # neither parsed nor decoded again
     a1, a2 = first.attribution, again.attribution
@@ -105,14 +111,7 @@ def test_a_visitor_who_clicked_days_ago_is_answered_from_memory(clock: list[floa
     assert written == [] and core.recall(cookie) is not None
     _, end, _, _ = core._quiet[cookie]
     assert end == T0 + 28 * DAY + 1  # the cookie's last valid second, end excluded
-    calls: list[str] = []
-    real = core.codec.decode
-
-    def counting(raw: str | None, now: int | None = None) -> Any:
-        calls.append("decode")
-        return real(raw, now)
-
-    core.codec.decode = counting  # type: ignore[method-assign]
+    calls = count_decodes(core)
     clock[0] += 7 * DAY
     state, written = core.process(parts(cookie), {})
     assert written == [] and calls == []  # neither parsed nor decoded again
@@ -181,9 +180,9 @@ def test_attribution_is_made_once_and_only_when_asked(clock: list[float]) -> Non
     made: list[int] = []
     real = core._attribution_of
 
-    def counting(*args: Any) -> Any:
+    def counting(*args: Any, **kw: Any) -> Any:
         made.append(1)
-        return real(*args)
+        return real(*args, **kw)
 
     core._attribution_of = counting  # type: ignore[method-assign]
     state, _ = core.process(parts(query=b"click_id=C1"), {})

@@ -373,10 +373,12 @@ class Core:
             self._meta_ids(meta, stored_meta, cookies, now_f, set_cookies)
 
         if url is None:
-            url = self._page_url(parts)
-        # A landing's query is nearly always its platform's parameters and nothing else.
-        names_read = not query or len(params) == query.count(b"&") + 1
-        landing = url_without_personal_data(url, names_read)[:MAX_LANDING_URL]
+            url = self._page_url(parts)  # no query: nothing personal in it
+        else:
+            # Dropped once here, for the cookie and for the view. A landing's query is nearly
+            # always its platform's parameters and nothing else.
+            url = url_without_personal_data(url, len(params) == query.count(b"&") + 1)
+        landing = url[:MAX_LANDING_URL]
         if stored is None:
             # A first visit: every touch is new, as _merge makes it when nothing is stored.
             # The request's own dicts go into the touch when no other touch shares them.
@@ -429,7 +431,7 @@ class Core:
             if written is not None:
                 header, kept = written  # the oldest touches may have been shed to fit
                 set_cookies.insert(0, header)
-        build = _partial(self._attribution_of, url, visitor, kept)
+        build = _partial(self._attribution_of, url, visitor, kept, clean=True)
         return _deferred(build, parts, runtime), set_cookies
 
     def recall(self, cookie: str | bytes) -> Callable[[Any], Attribution] | None:
@@ -535,13 +537,20 @@ class Core:
         visitor: str,
         touches: Mapping[str, Touch],
         parts: RequestParts,
+        clean: bool = False,
     ) -> Attribution:
         """The request's attribution with its client context, made when a view first asks.
 
+        ``url`` is the page URL of a request with a query (``clean``: its personal data
+        already dropped), or None: then it is made from ``parts``, without a query.
         Runs inside the app's view: it must never raise. Equal inputs give equal results,
         so two threads of one request racing here agree.
         """
         try:
+            if url is None:
+                url = self._page_url(parts)
+            elif not clean:
+                url = url_without_personal_data(url)
             ua = parts.user_agent
             trusted = self._trusted
             referer = parts.referer
@@ -555,7 +564,7 @@ class Core:
                 if trusted
                 else parts.peer,
                 self._agent_of(ua) if ua else None,
-                url_without_personal_data(url if url is not None else self._page_url(parts)),
+                url,
                 url_without_personal_data(r)
                 if referer and (r := _clean(referer, MAX_URL))
                 else None,

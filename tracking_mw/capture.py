@@ -422,7 +422,7 @@ def pixels_by_click(query: bytes) -> dict[str, str | None]:
     Rare (each platform builds its own landing URLs), so only then is the query read in
     order; otherwise the one ``pixel_id`` goes with the one click id.
     """
-    out: dict[str, str | None] = {"kwai": None, "bigo": None}
+    out: dict[str, str | None] = {}
     owner: str | None = None
     for pair in query.split(b"&"):
         key, _, value = pair.partition(b"=")
@@ -432,9 +432,9 @@ def pixels_by_click(query: bytes) -> dict[str, str | None]:
             owner = "kwai"
         elif key == b"bbg":
             owner = "bigo"
-        elif key == b"pixel_id" and owner is not None and out[owner] is None:
-            out[owner] = clean_id(_decode(value, False)) or ""
-    return {platform: pixel or None for platform, pixel in out.items()}
+        elif key == b"pixel_id" and owner is not None and owner not in out:
+            out[owner] = clean_id(_decode(value, False))
+    return {"kwai": out.get("kwai"), "bigo": out.get("bigo")}
 
 
 # Query parameters that carry personal data: never kept in the landing URL the cookie stores
