@@ -53,6 +53,7 @@ __all__ = [
     "normalize_phone",
     "normalize_zip",
     "phone_e164",
+    "public_ip",
     "sha256_hex",
 ]
 
@@ -258,6 +259,17 @@ def normalize_ip(value: str | None) -> str | None:
     except ValueError:
         return None
     return v
+
+
+def public_ip(value: str | None) -> str | None:
+    """:func:`normalize_ip` for a public address only (not private, loopback, link-local...):
+    behind an unconfigured proxy or in development the peer is the proxy's or this host's."""
+    v = normalize_ip(value)
+    if v is None:
+        return None
+    addr = ipaddress.ip_address(v)
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return v if (mapped or addr).is_global else None
 
 
 def normalize_field(field: str, value: str | None, region: str = "BR") -> str | None:

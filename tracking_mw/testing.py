@@ -212,6 +212,14 @@ def _is_ip(value: Any) -> bool:
     return True
 
 
+def _is_public_ip(value: str) -> bool:
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return (getattr(addr, "ipv4_mapped", None) or addr).is_global
+
+
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -742,6 +750,9 @@ class FakePlatforms:
         for key in ("url", "referer", "ip", "user_agent", "external_id", "cookie_id"):
             if key in obj and not isinstance(obj[key], str):
                 raise fail(-4, f"invalid {key}")
+        if "ip" in obj and not _is_public_ip(obj["ip"]):
+            # "It needs to be a public IP and not encrypted."
+            raise fail(-4, "invalid ip")
         return obj, _Verdict(200, _bigo_answer(1, "success"), [obj])
 
     # ------------------------------------------------------------------ Rokt

@@ -86,7 +86,7 @@ def full_attribution(now: float | None = None) -> Attribution:
         att = att.with_touch(touch)
     return att.with_client(
         ClientContext(
-            ip="203.0.113.7",
+            ip="8.8.8.8",
             user_agent="Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0",
             url="https://shop.example/checkout/done",
             referrer="https://shop.example/cart",

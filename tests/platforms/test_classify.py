@@ -82,7 +82,8 @@ CASES: list[tuple[str, int, dict[str, str], bytes, int, str, float | None, str]]
     ("bigo", 200, {}, b"<html>gateway</html>", 1, "retry", None, "without a code"),
     ("bigo", 502, {}, b"", 1, "retry", None, "HTTP 502"),
     ("bigo", 404, {}, b"", 1, "permanent", None, "HTTP 404"),
-    # Kwai: result 1 ok; documented codes permanent; 5xx and unparseable retry.
+    # Kwai: result 1 ok; every other result code permanent (known or not); HTTP 5xx and an
+    # unparseable body retry.
     ("kwai", 200, {}, j({"result": 1, "error_msg": ""}), 1, "ok", None, ""),
     (
         "kwai",
@@ -135,7 +136,9 @@ CASES: list[tuple[str, int, dict[str, str], bytes, int, str, float | None, str]]
         "event name",
     ),
     ("kwai", 200, {}, j({"result": 10099, "error_msg": "x"}), 1, "permanent", None, "10099"),
-    ("kwai", 200, {}, j({"result": 500, "error_msg": "busy"}), 1, "retry", None, "500"),
+    ("kwai", 200, {}, j({"result": 500, "error_msg": "busy"}), 1, "permanent", None, "500"),
+    ("kwai", 200, {}, j({"result": 0, "error_msg": ""}), 1, "permanent", None, "kwai 0"),
+    ("kwai", 200, {}, j({"result": -1, "error_msg": "x"}), 1, "permanent", None, "kwai -1"),
     ("kwai", 200, {}, b"not json", 1, "retry", None, "without a result"),
     ("kwai", 503, {"Retry-After": "7"}, b"", 1, "retry", 7.0, "HTTP 503"),
     ("kwai", 400, {}, b"", 1, "permanent", None, "HTTP 400"),

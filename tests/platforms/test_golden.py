@@ -111,7 +111,7 @@ def test_bigo_money_and_client(frozen_time: float) -> None:
         )
         .with_client(
             ClientContext(
-                ip="203.0.113.9",
+                ip="8.8.4.4",
                 user_agent="UA/1",
                 url="https://s.example/p",
                 referrer="https://r.example/",

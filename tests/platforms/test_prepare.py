@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tracking_mw._errors import ConfigurationError
+from tracking_mw._errors import ConfigurationError, InvalidEvent
 from tracking_mw.attribution import Attribution, ClientContext, Touch
 from tracking_mw.config import KwaiConfig, RoibestConfig, Secret
 from tracking_mw.events import Event
@@ -266,3 +266,124 @@ def test_rokt_full_request_fits_256_kb(fake: FakePlatforms) -> None:
     assert len(json.dumps(items[0]).encode()) <= MAX_BATCH_BYTES
     req = rokt.build(items)
     assert len(req.body) <= 256 * 1024
+
+
+def _answer(fake: FakePlatforms, adapter: Adapter, item: dict[str, Any]) -> str:
+    """The adapter's verdict ("ok", "retry", "permanent") on the fake's answer to ``item``."""
+    import asyncio
+
+    import httpx
+
+    req = adapter.build([item])
+
+    async def go() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=fake.app)) as client:
+            return await client.request(
+                req.method, req.url, headers=dict(req.headers), content=req.body
+            )
+
+    resp = asyncio.run(go())
+    return adapter.classify(resp.status_code, dict(resp.headers), resp.content, 1).kind
+
+
+@pytest.mark.parametrize("platform", ["meta", "roibest"])
+def test_a_name_mapped_to_purchase_needs_value_and_currency(
+    fake: FakePlatforms, platform: str
+) -> None:
+    # validate_event knows the common names only; the user's map can make another name a
+    # Purchase there, which the platform rejects without money (Meta 100, ROIBest 1004).
+    adapters = build_adapters(fake_settings(fake, event_map={platform: {"Compra": "Purchase"}}))
+    att = full_attribution()
+    with pytest.raises(InvalidEvent) as info:
+        adapters[platform].prepare(Event(name="Compra"), att)
+    assert info.value.field == "value" and f"sent to {platform} as Purchase" in str(info.value)
+    with pytest.raises(InvalidEvent):
+        adapters[platform].prepare(Event(name=" compra "), att)
+    # With the money, it is prepared and the platform takes it.
+    item = adapters[platform].prepare(Event(name="Compra", value="5", currency="BRL"), att)
+    assert _answer(fake, adapters[platform], item) == "ok"
+    # A platform the map does not make it a Purchase on judges it by its own rules.
+    assert skip_reason(adapters["bigo"], Event(name="Compra"), att) == "bigo does not take Compra"
+
+
+def test_track_raises_for_a_mapped_purchase_without_money(fake: FakePlatforms) -> None:
+    from tracking_mw._runtime import Runtime
+
+    settings = fake_settings(fake, event_map={"meta": {"Compra": "Purchase"}})
+    rt = Runtime(settings)
+    try:
+        with pytest.raises(InvalidEvent) as info:
+            rt.tracker.track("Compra", attribution=full_attribution())
+        assert info.value.field == "value"
+        assert rt.outbox.recent() == []  # nothing queued for any platform
+        receipt = rt.tracker.track(
+            "Compra", value="5", currency="BRL", attribution=full_attribution()
+        )
+        assert "meta" in receipt.queued
+    finally:
+        rt.close()
+
+
+def test_properties_cannot_replace_the_checked_money_fields(fake: FakePlatforms) -> None:
+    adapters = build_adapters(fake_settings(fake))
+    att = full_attribution()
+    props = {"value": "12,50", "currency": "reais", "contents": "x", "plan": "gold"}
+    lead = Event(name="Lead", properties=props)
+    custom = adapters["meta"].prepare(lead, att)["event"]["custom_data"]
+    assert custom == {"plan": "gold"}
+    assert _answer(fake, adapters["meta"], adapters["meta"].prepare(lead, att)) == "ok"
+    sale = purchase(properties=props)
+    custom = adapters["meta"].prepare(sale, att)["event"]["custom_data"]
+    assert custom["value"] == 19.99 and custom["currency"] == "USD" and custom["plan"] == "gold"
+    assert isinstance(custom["contents"], list)
+    extra = adapters["roibest"].prepare(lead, att)["extra"]
+    assert extra == {"contents": "x", "plan": "gold"}
+    extra = adapters["roibest"].prepare(sale, att)["extra"]
+    assert extra["value"] == 19.99 and extra["currency"] == "USD"
+
+
+@pytest.mark.parametrize(
+    ("ip", "sent"),
+    [
+        ("8.8.8.8", "8.8.8.8"),
+        (" 2606:4700:4700::1111 ", "2606:4700:4700::1111"),
+        ("::ffff:8.8.8.8", "::ffff:8.8.8.8"),
+        ("10.0.0.7", None),
+        ("192.168.1.20", None),
+        ("127.0.0.1", None),
+        ("100.64.0.1", None),
+        ("::1", None),
+        ("fd00::1", None),
+        ("::ffff:192.168.1.1", None),
+        ("not an ip", None),
+    ],
+)
+def test_bigo_gets_only_a_public_ip(fake: FakePlatforms, ip: str, sent: str | None) -> None:
+    # Bigo: "It needs to be a public IP". A peer address behind an unconfigured proxy or on a
+    # developer's machine is left out rather than sent.
+    adapters = build_adapters(fake_settings(fake))
+    att = full_attribution()
+    att = att.with_client(dataclasses.replace(att.client, ip=ip))
+    item = adapters["bigo"].prepare(purchase(), att)
+    assert item.get("ip") == sent
+    assert _answer(fake, adapters["bigo"], item) == "ok"
+    # The fake says what Bigo says of one that is not public.
+    assert _answer(fake, adapters["bigo"], {**item, "ip": "10.0.0.7"}) == "permanent"
+    assert fake.received("bigo")[-1].answer["code"] == -4
+
+
+def test_rokt_transaction_id(adapters: dict[str, Adapter]) -> None:
+    att = full_attribution()
+
+    def attrs(event: Event) -> dict[str, Any]:
+        item = adapters["rokt"].prepare(event, att)
+        return dict(item["events"][0]["data"]["custom_attributes"])
+
+    sale = purchase(event_id="evt-1")
+    assert attrs(sale)["transactionid"] == "evt-1"
+    assert attrs(purchase(event_id="evt-1", properties={"order_id": 1234}))["transactionid"] == (
+        "1234"
+    )
+    got = attrs(purchase(properties={"transaction_id": " T-9 ", "order_id": "O-1"}))
+    assert got["transactionid"] == "T-9"
+    assert attrs(purchase(properties={"transactionid": "own"}))["transactionid"] == "own"

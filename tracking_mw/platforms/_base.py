@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, InvalidEvent
 from .._json import dumps_bytes, loads
 from .._normalize import json_number
 from ..attribution import Attribution
@@ -47,6 +47,7 @@ __all__ = [
     "parse_json",
     "parse_retry_after",
     "platform_config",
+    "require_money",
     "scalar_properties",
     "source_url",
 ]
@@ -274,6 +275,20 @@ class Adapter(ABC):
 def source_url(event: Event, attribution: Attribution) -> str | None:
     """Where the event happened: the event's own URL, else the current request's URL."""
     return event.event_source_url or attribution.client.url or None
+
+
+def require_money(platform: str, sent_as: str, event: Event) -> None:
+    """Raise :class:`InvalidEvent` when ``event`` goes to ``platform`` as a ``Purchase``
+    (``sent_as``, after the user's ``event_map``) without a value and a currency: the
+    platform would reject it, and :func:`validate_event` checks only the common names."""
+    if sent_as.strip().lower() != "purchase" or event.name.strip().lower() == "purchase":
+        return
+    if event.value is None or event.currency is None:
+        missing = "value" if event.value is None else "currency"
+        raise InvalidEvent(
+            f"{event.name} is sent to {platform} as {sent_as}, which needs a value and a currency",
+            field=missing,
+        )
 
 
 def not_sent(platform: str, name: str) -> Skip:

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from .._normalize import meta_hash, normalize_ip
+from .._normalize import meta_hash, public_ip
 from ..attribution import Attribution
 from ..config import BigoConfig, Settings
 from ..events import Event
@@ -113,7 +113,8 @@ class BigoAdapter(Adapter):
             body["url"] = url
         if attribution.client.referrer:
             body["referer"] = attribution.client.referrer
-        ip = normalize_ip(attribution.client.ip)
+        # Bigo: "It needs to be a public IP".
+        ip = public_ip(attribution.client.ip)
         if ip:
             body["ip"] = ip
         if attribution.client.user_agent:

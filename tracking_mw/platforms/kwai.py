@@ -12,9 +12,9 @@ Kwai applies only when the visitor came with a Kwai ``click_id``; the pixel come
 (``pixel_id`` on the landing URL), else the only configured pixel.
 
 Answers: ``result == 1`` is ok. 10001 (missing parameter), 10002 (type), 10005 (clickid),
-10006 (token), 10007 (event name) and any other 100xx code are permanent. Other result
-codes are unknown to the document and retried (bounded by the dispatcher's attempts), as
-is a 2xx body that is not JSON: a gateway page is not a verdict on the event.
+10006 (token), 10007 (event name) and any other result code are permanent: Kwai has no
+event id to deduplicate a resent event by. Transport errors and 5xx are retried, as is a
+2xx body that is not JSON: a gateway page is not a verdict on the event.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ class KwaiAdapter(Adapter):
         if result == 1:
             return Outcome.ok()
         msg = str(data.get("error_msg") or "")[:300]
-        if isinstance(result, int) and (result in _PERMANENT or 10000 <= result <= 10999):
-            label = _PERMANENT.get(result, "rejected")
-            return Outcome.permanent(f"kwai {result} ({label}): {msg}")
-        return Outcome.retry(f"kwai {result}: {msg}")
+        # A platform error code is permanent, known or not: resending an event Kwai has no
+        # event id to deduplicate could count it twice. Only transport errors and 5xx retry.
+        label = _PERMANENT.get(result, "rejected") if isinstance(result, int) else "rejected"
+        return Outcome.permanent(f"kwai {result} ({label}): {msg}")

@@ -42,6 +42,7 @@ from ._base import (
     parse_json,
     parse_retry_after,
     platform_config,
+    require_money,
     source_url,
 )
 
@@ -70,6 +71,9 @@ _HASHED_FIELDS = (
 
 _KEY_OF = {attr: key for key, attr in _HASHED_FIELDS}
 
+# custom_data keys made from Event fields; properties cannot set them.
+_OWN_FIELDS = frozenset({"value", "currency", "contents"})
+
 
 class MetaAdapter(Adapter):
     """Meta Conversions API adapter (batches up to 1,000 events per pixel)."""
@@ -89,6 +93,7 @@ class MetaAdapter(Adapter):
         name = self._event_name(event.name)
         if name is None:
             raise not_sent("meta", event.name)
+        require_money("meta", name, event)
         if time.time() - event.event_time > MAX_AGE_SECONDS:
             raise Skip("meta takes events at most 7 days old")
         user: dict[str, Any] = {}
@@ -151,8 +156,11 @@ class MetaAdapter(Adapter):
 
     @staticmethod
     def _custom_data(event: Event) -> dict[str, Any]:
-        custom: dict[str, Any] = {}
-        custom.update(jsonable(event.properties) or {})
+        # value, currency and contents come from the Event's own checked fields only: a
+        # property of that name ("12,50") would get the whole request rejected (code 100).
+        custom: dict[str, Any] = {
+            k: v for k, v in (jsonable(event.properties) or {}).items() if k not in _OWN_FIELDS
+        }
         if event.value is not None:
             custom["value"] = event.json_value
         if event.currency:

@@ -34,6 +34,7 @@ from ._base import (
     jsonable,
     not_sent,
     platform_config,
+    require_money,
 )
 from .kwai import KWAI_CURRENCIES
 
@@ -59,9 +60,15 @@ class RoibestAdapter(Adapter):
         name = platform_event_name("roibest", event.name, self.settings.event_map, channel=channel)
         if name is None:
             raise not_sent("roibest", event.name)
+        require_money("roibest", name, event)
         if channel == "kwai" and event.currency and event.currency not in KWAI_CURRENCIES:
             raise Skip(f"roibest (kwai link) takes only BRL, IDR or USD, not {event.currency}")
-        extra: dict[str, Any] = dict(jsonable(event.properties) or {})
+        # currency and value come from the Event's checked fields only (code 1004 otherwise).
+        extra: dict[str, Any] = {
+            k: v
+            for k, v in (jsonable(event.properties) or {}).items()
+            if k not in ("currency", "value")
+        }
         if event.currency:
             extra["currency"] = event.currency
         if event.value is not None:

@@ -62,6 +62,17 @@ MAX_BATCH_BYTES = 2500
 _OWN_ATTRIBUTES = frozenset({*_RESERVED, "quantity", "sku"})
 
 
+_ORDER_KEYS = ("transaction_id", "order_id")
+
+
+def _transaction_id(props: Mapping[str, Any]) -> str | None:
+    for key in _ORDER_KEYS:
+        v = props.get(key)
+        if isinstance(v, (str, int)) and not isinstance(v, bool) and str(v).strip():
+            return str(v).strip()[:256]
+    return None
+
+
 def _size(obj: Any) -> int:
     return len(json_bytes(obj))
 
@@ -142,6 +153,8 @@ class RoktAdapter(Adapter):
         }
         custom["conversiontype"] = conversion
         custom["confirmationref"] = event.event_id
+        # One of the fields Rokt asks for: the order's id when the event names one.
+        custom.setdefault("transactionid", _transaction_id(event.properties) or event.event_id)
         if event.value is not None:
             custom["amount"] = event.json_value
         if event.currency:
