@@ -113,6 +113,10 @@ def test_meta_formats() -> None:
     assert valid_fbc("fb.1.1700000000123.IwAR1")
     assert valid_fbc("fb.1.1700000000123.IwAR1.AQ")  # five parts: with an appendix
     assert not valid_fbc("fb.1.x.IwAR1")
+    # Meta takes 4 or 5 parts; a longer value would fail the whole request.
+    assert not valid_fbc("fb.1.1700000000123.IwAR1.AQ.x")
+    assert not valid_fbc("fb.1.1700000000123.")
+    assert not valid_fbc("fb.1.1700000000123.IwAR1.")
     assert not valid_fbc("garbage")
     assert not valid_fbc(None)
     assert valid_fbp("fb.1.1700000000123.123456")

@@ -131,3 +131,37 @@ def test_event_time_accepts_datetimes_and_hints_milliseconds() -> None:
     assert construction_field(event_time=float("nan")) == "event_time"
     assert construction_field(event_time=0) == "event_time"
     assert isinstance(Event(name="Lead", event_time=1_700_000_000).event_time, float)
+
+
+def test_negative_zero_is_zero() -> None:
+    # round(-0.004, 2) is -0.0: written as "-0.00" it is rejected (Bigo's "invalid monetary").
+    ev = Event(name="Purchase", value=round(-0.004, 2), currency="USD")
+    assert ev.value == 0 and not ev.value.is_signed()
+    assert ev.json_value == 0
+    from tracking_mw.platforms.bigo import bigo_amount
+
+    assert bigo_amount(ev.value) == "0.00"
+    assert not Event(name="Purchase", value=Decimal("-0"), currency="USD").value.is_signed()
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda items: (dict(c) for c in items),
+        lambda items: map(dict, items),
+        lambda items: iter(items),
+        lambda items: list(items),
+    ],
+)
+def test_contents_from_any_iterable(make: Any) -> None:
+    # Drawn once: a generator validated first and copied after would arrive empty.
+    items = [{"id": "a", "quantity": 2}, {"id": "b"}]
+    ev = Event(name="AddToCart", contents=make(items))
+    assert ev.contents == ({"id": "a", "quantity": 2}, {"id": "b"})
+
+
+@pytest.mark.parametrize("contents", ["ab", b"ab", {"id": "a"}, 5, [{"id": "a"}, "b"]])
+def test_contents_that_are_not_a_list_of_dicts(contents: Any) -> None:
+    with pytest.raises(InvalidEvent) as info:
+        Event(name="AddToCart", contents=contents)
+    assert info.value.field == "contents"

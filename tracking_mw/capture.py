@@ -84,8 +84,9 @@ COOKIE_NAMES = (META_FBC_COOKIE, META_FBP_COOKIE, BIGO_COOKIE_CLICK, BIGO_COOKIE
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # RFC 6265 cookie-octet: what may be written as a bare cookie value.
 _COOKIE_OCTETS = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
-# fb.<subdomain index>.<creation ms>.<random or fbclid>[.<appendix>]
-_FBC = re.compile(r"fb\.\d{1,2}\.\d{1,16}\.[^\s;,\"\\]+")
+# fb.<subdomain index>.<creation ms>.<fbclid>[.<appendix>]: 4 or 5 parts, which Meta takes;
+# a value of more parts would get the whole request rejected.
+_FBC = re.compile(r"fb\.\d{1,2}\.\d{1,16}\.[^\s;,\"\\.]+(\.[^\s;,\"\\.]+)?")
 _FBP = re.compile(r"fb\.\d{1,2}\.\d{1,16}\.\d{1,12}(\.[A-Za-z0-9_\-]{1,16})?")
 
 

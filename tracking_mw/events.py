@@ -149,7 +149,8 @@ def _decimal(value: Any) -> Decimal | None:
         raise InvalidEvent(f"value {value!r} is not a number", field="value") from exc
     if not d.is_finite() or d < 0:
         raise InvalidEvent("value must be a finite number >= 0", field="value")
-    return d
+    # -0 (round(-0.004, 2) gives it) would be written "-0.00", which Bigo rejects.
+    return d.copy_abs() if d.is_zero() else d
 
 
 _NO_USER = UserData()
@@ -239,11 +240,16 @@ class Event:
             # Shallow copies, so the caller changing its dicts later cannot change the event.
             properties = dict(properties)
         if contents.__class__ is not tuple or contents:  # () is the default: nothing to do
-            if isinstance(contents, (str, bytes)) or not all(
-                isinstance(c, Mapping) for c in contents
-            ):
+            if isinstance(contents, (str, bytes, Mapping)):
                 raise InvalidEvent("contents must be a list of dicts", field="contents")
-            contents = tuple(dict(c) for c in contents)
+            try:
+                # Drawn once: a generator or map() would be empty on a second pass.
+                items = tuple(contents)
+            except TypeError:
+                raise InvalidEvent("contents must be a list of dicts", field="contents") from None
+            if not all(isinstance(c, Mapping) for c in items):
+                raise InvalidEvent("contents must be a list of dicts", field="contents")
+            contents = tuple(dict(c) for c in items)
         self.__dict__.update(
             name=name,
             value=value,
