@@ -29,6 +29,7 @@ from .config import Settings
 from .delivery import Dispatcher, Metrics, Outbox, ThreadDispatcher, open_outbox
 from .delivery._base import fork_safe_rlock
 from .delivery.metrics import register_prometheus
+from .delivery.spool import Spool
 from .platforms import build_adapters
 from .platforms._base import Adapter
 from .tracker import Tracker
@@ -60,6 +61,15 @@ class Runtime:
             dict(adapters) if adapters is not None else build_adapters(settings)
         )
         self.outbox: Outbox = outbox if outbox is not None else open_outbox(settings.outbox)
+        # A shared outbox on another host gets a local spool for its outages (spool.py).
+        self.spool: Spool | None = None
+        if (
+            outbox is None
+            and settings.outbox_spool
+            and settings.outbox.startswith(("redis://", "rediss://"))
+        ):
+            self.spool = Spool(settings.outbox_spool, self.outbox)
+            self.spool.resume()
         self.metrics = Metrics()
         self.tracker = Tracker(self)
         self._transport = transport
@@ -211,8 +221,11 @@ class Runtime:
         return out
 
     def close(self) -> None:
-        """Stop the dispatcher thread, close the outbox, forget this runtime."""
+        """Stop the dispatcher thread and the spool's forwarder, close the outbox, forget this
+        runtime."""
         self.stop_thread_dispatcher()
+        if self.spool is not None:
+            self.spool.close()
         self.outbox.close()
         with Runtime._cache_lock:
             if Runtime._cache.get(id(self.settings)) is self:

@@ -280,6 +280,9 @@ class Settings:
     tiktok: TiktokConfig | None = None
     event_map: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
     outbox: str = "sqlite:///tracking_outbox.sqlite3"
+    #: With a Redis outbox: the SQLite file on this host that keeps track()'s events while
+    #: Redis fails (see delivery/spool.py); None turns it off. Unused with other outboxes.
+    outbox_spool: str | None = "tracking_outbox_spool.sqlite3"
     start_dispatcher: bool = True
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
 
@@ -336,6 +339,8 @@ class Settings:
             raise ConfigurationError(
                 "TRACKING_OUTBOX must be sqlite:///path, redis://host:port/db or memory://"
             )
+        if self.outbox_spool is not None and not str(self.outbox_spool).strip():
+            _set(self, "outbox_spool", None)
 
     @property
     def platforms(self) -> dict[str, object]:
@@ -440,6 +445,7 @@ class SettingsOverrides(TypedDict, total=False):
     tiktok: TiktokConfig | None
     event_map: Mapping[str, Mapping[str, str | None]]
     outbox: str
+    outbox_spool: str | None
     start_dispatcher: bool
     delivery: DeliveryConfig
 
@@ -505,6 +511,10 @@ def _text(value: str, name: str) -> str:
     return value
 
 
+def _path_or_off(value: str, name: str) -> str | None:
+    return None if value.strip().lower() in ("", "off", "false", "none", "0") else value.strip()
+
+
 def _csv(value: str, name: str) -> list[str]:
     return [p.strip() for p in value.split(",") if p.strip()]
 
@@ -524,6 +534,7 @@ _SIMPLE_ENV: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
     ("capture_bots", "TRACKING_CAPTURE_BOTS", _bool),
     ("phone_region", "TRACKING_PHONE_REGION", _upper),
     ("outbox", "TRACKING_OUTBOX", _text),
+    ("outbox_spool", "TRACKING_OUTBOX_SPOOL", _path_or_off),
     ("start_dispatcher", "TRACKING_START_DISPATCHER", _bool),
 )
 

@@ -172,9 +172,15 @@ class Tracker:
         if not records:
             return Receipt(eid, (), skipped)
 
+        spool = rt.spool
+        if spool is not None and spool.engaged:
+            # The outbox failed and its spool is not moved yet: not tried in the request.
+            return self._spooled(eid, records, skipped, None)
         try:
             added = rt.outbox.add(records, time.time())
         except Exception as exc:
+            if spool is not None:
+                return self._spooled(eid, records, skipped, exc)
             return self._failed(eid, records, skipped, exc)
         if self._failing:
             self._failing = False
@@ -188,6 +194,32 @@ class Tracker:
         if queued:
             rt.metrics.add_each(queued, "accepted")
         return Receipt(eid, tuple(queued), skipped, len(queued) != len(records))
+
+    def _spooled(
+        self,
+        event_id: str,
+        records: list[NewRecord],
+        skipped: dict[str, str],
+        exc: Exception | None,
+    ) -> Receipt:
+        """Keep ``records`` in the runtime's spool (the outbox failed with ``exc``, or failed
+        before); a spool that fails too makes the receipt's error."""
+        spool = self.runtime.spool
+        assert spool is not None
+        try:
+            spool.put(records)
+        except Exception as spool_exc:
+            return self._failed(event_id, records, skipped, exc or spool_exc)
+        if exc is not None and not self._failing:
+            self._failing = True
+            log.error(
+                "tracking_mw: the outbox failed (%s); events are kept in the spool on this host "
+                "until it accepts them again",
+                type(exc).__name__,
+            )
+        queued = tuple(r.platform for r in records)
+        self.runtime.metrics.add_each(queued, "accepted")
+        return Receipt(event_id, queued, skipped)
 
     def _failed(
         self, event_id: str, records: list[NewRecord], skipped: dict[str, str], exc: Exception

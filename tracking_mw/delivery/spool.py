@@ -1,0 +1,192 @@
+"""A file on this host that keeps ``track()``'s records while a shared outbox cannot take them.
+
+Why: a Redis outbox lives on another machine. While it is down, each ``track()`` would lose
+its event (the receipt would report the error), and while it hangs, each would wait out the
+client's socket timeout (2 s) in the request. With a spool, the first failure moves
+``track()`` to a SQLite file on this host (one local commit, as with the SQLite outbox) and
+Redis is not tried again in the request path until the spool has been moved into it.
+
+A forwarder thread of this process moves the spool into the outbox, retrying with backoff
+(from :data:`FIRST_WAIT` up to :data:`MAX_WAIT` seconds); when the spool is empty, ``track()``
+writes to the outbox again. A forward is an ordinary ``add``: the outbox's uniqueness of
+``(platform, event_id)`` makes a record forwarded twice (a crash between the ``add`` and the
+spool's delete, two processes forwarding the same file) one delivery. A process that starts
+and finds spooled records (the last one exited during an outage) forwards them.
+
+Every process of a host may share one spool file (SQLite locking, WAL). Nothing here raises
+into ``track()``: a spool that cannot be written either is reported on the receipt.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+
+from .._errors import ConfigurationError
+from .._json import dumps, loads
+from ._base import NewRecord, Outbox, fork_safe_rlock
+
+__all__ = ["FIRST_WAIT", "MAX_WAIT", "Spool"]
+
+log = logging.getLogger("tracking_mw")
+
+#: Seconds the forwarder waits before its first try, doubled after each failure up to MAX_WAIT.
+FIRST_WAIT = 1.0
+MAX_WAIT = 30.0
+# Events moved per outbox add: one Redis round trip each, a few hundred records.
+_FORWARD_BATCH = 100
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spool (
+    id INTEGER PRIMARY KEY,
+    spooled_at REAL NOT NULL,
+    records TEXT NOT NULL
+);
+"""
+
+
+def _encode(records: Sequence[NewRecord]) -> str:
+    return dumps([list(r) for r in records])
+
+
+def _decode(text: str) -> list[NewRecord]:
+    return [NewRecord(*r) for r in loads(text)]
+
+
+class Spool:
+    """The local spool of one outbox (see the module docstring): ``path`` is the SQLite
+    file, ``outbox`` the shared outbox its records are moved into."""
+
+    def __init__(self, path: str, outbox: Outbox) -> None:
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise ConfigurationError(
+                f"TRACKING_OUTBOX_SPOOL: directory does not exist: {directory}"
+            )
+        self.path = path
+        self.outbox = outbox
+        self._lock = fork_safe_rlock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        # True while the outbox is failing: track() writes here without trying it.
+        self.engaged = False
+        self.wait = FIRST_WAIT
+
+    # -- storage ------------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        # Called with self._lock held. A forked child opens its own connection.
+        if self._conn is None or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._thread = None
+            conn = sqlite3.connect(
+                self.path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+            self._conn = conn
+        return self._conn
+
+    def put(self, records: Sequence[NewRecord]) -> None:
+        """Commit ``records`` (one event's) to the spool and make sure they get forwarded.
+        Raises ``sqlite3.Error``/``OSError`` when the file cannot be written."""
+        text = _encode(records)
+        with self._lock:
+            self._db().execute(
+                "INSERT INTO spool (spooled_at, records) VALUES (?, ?)", (time.time(), text)
+            )
+            self.engaged = True
+            self._ensure_forwarder()
+
+    def pending(self) -> int:
+        """Records waiting in the spool (all processes sharing the file)."""
+        with self._lock:
+            rows = self._db().execute("SELECT records FROM spool").fetchall()
+        return sum(len(loads(r[0])) for r in rows)
+
+    def forward(self) -> int:
+        """Move everything spooled into the outbox; the number of records moved. Raises
+        (``OutboxError`` and the like) when the outbox still fails: what was moved stays moved.
+        """
+        moved = 0
+        while True:
+            with self._lock:
+                rows = (
+                    self._db()
+                    .execute("SELECT id, records FROM spool ORDER BY id LIMIT ?", (_FORWARD_BATCH,))
+                    .fetchall()
+                )
+            if not rows:
+                return moved
+            records = [rec for _, text in rows for rec in _decode(text)]
+            # Outside the lock: track() may spool meanwhile while this waits on the outbox.
+            self.outbox.add(records, time.time())
+            with self._lock:
+                self._db().executemany("DELETE FROM spool WHERE id = ?", [(r[0],) for r in rows])
+            moved += len(records)
+
+    # -- forwarder ----------------------------------------------------------------------
+
+    def resume(self) -> None:
+        """Forward what an earlier process left in the spool file, if anything."""
+        if not os.path.exists(self.path):
+            return  # never needed yet: no file is made until an outage needs one
+        try:
+            with self._lock:
+                found = self._db().execute("SELECT 1 FROM spool LIMIT 1").fetchone()
+                if found:
+                    self.engaged = True
+                    self._ensure_forwarder()
+        except sqlite3.Error as exc:
+            log.error("tracking_mw: the outbox spool cannot be read: %s", type(exc).__name__)
+
+    def _ensure_forwarder(self) -> None:
+        # Called with self._lock held.
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self.wait = FIRST_WAIT
+        self._thread = threading.Thread(target=self._run, name="tracking_mw-spool", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.wait):
+            try:
+                moved = self.forward()
+            except Exception as exc:  # the outbox still fails: wait longer, never die
+                self.wait = min(self.wait * 2, MAX_WAIT)
+                log.warning(
+                    "tracking_mw: the outbox still fails (%s); events stay in the spool",
+                    type(exc).__name__,
+                )
+                continue
+            with self._lock:
+                empty = self._db().execute("SELECT 1 FROM spool LIMIT 1").fetchone() is None
+                if empty:
+                    # Under the lock: a put() after this starts a new forwarder.
+                    self.engaged = False
+                    self._thread = None
+                    if moved:
+                        log.warning("tracking_mw: the spooled events are in the outbox now")
+                    return
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the forwarder (what is spooled stays in the file) and close the file."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._lock:
+            if self._conn is not None and self._pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    def __repr__(self) -> str:
+        return f"Spool({self.path!r}, engaged={self.engaged})"
