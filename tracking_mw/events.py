@@ -159,7 +159,9 @@ _UNSET: Any = object()
 
 @dataclass(frozen=True, kw_only=True, init=False)
 class Event:
-    """One conversion. ``event_id`` deduplicates it everywhere (defaults to a new UUID).
+    """One conversion. ``event_id`` (a new UUID by default) deduplicates it in the outbox, and
+    at the platforms that take an event id: Meta (with the browser pixel's ``eventID``),
+    TikTok, and Rokt (as ``confirmationref``). Kwai, Bigo and ROIBest take none.
 
     ``None`` for ``user``, ``properties``, ``event_id`` or ``event_time`` means the default
     (no user data, no properties, a new UUID, now).
