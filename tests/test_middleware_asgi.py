@@ -396,7 +396,7 @@ class FakeRuntime:
     def for_settings(cls, settings: Settings) -> FakeRuntime:
         return cls()
 
-    async def startup(self) -> None:
+    async def startup(self, on_stop: Any = None) -> None:
         self.calls.append("startup")
 
     async def shutdown(self) -> None:
@@ -438,10 +438,11 @@ async def test_lifespan_starts_and_stops_runtime(monkeypatch: pytest.MonkeyPatch
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert events == ["app-start:['startup']", "app-stop:['startup']"]
     assert rt.calls == ["startup", "shutdown"]
-    # Started by lifespan: the first request does not start it again.
+    # Shut down: a request after it (a client without lifespan) starts it again, once.
     async with asgi_client(mw) as c:
         await c.get("/")
-    assert rt.calls == ["startup", "shutdown"]
+        await c.get("/")
+    assert rt.calls == ["startup", "shutdown", "startup"]
 
 
 @pytest.mark.parametrize("kind", ["raises", "returns"])
@@ -712,3 +713,57 @@ async def test_consent_hook_sees_every_repeat_request() -> None:
             r = await c.get("/")
             assert r.json()["attribution"]["touches"]["kwai"]["click_id"] == "K1"
     assert calls == ["/"] * 4
+
+
+def test_a_second_lifespan_starts_delivery_again() -> None:
+    """An app used by two test clients in turn (two lifespans, each on an event loop of its
+    own): each lifespan delivers what was tracked in it. Real dispatcher, real HTTP to the
+    fake platforms."""
+    from tests._servers import serve_in_thread
+    from tracking_mw import DeliveryConfig, track
+    from tracking_mw.testing import FakePlatforms
+
+    fake = FakePlatforms()
+
+    async def lead(request: Request) -> Response:
+        receipt = track("Lead", event_id=request.query_params["e"])
+        return JSONResponse({"queued": list(receipt.queued)})
+
+    async def one_lifespan(app: TrackingMiddleware, event: str, delivered: int) -> None:
+        started, stop = asyncio.Event(), asyncio.Event()
+        incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+
+        async def receive() -> dict[str, Any]:
+            if len(incoming) == 1:
+                await stop.wait()
+            return incoming.pop(0)
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                started.set()
+
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}
+        lifespan = asyncio.create_task(app(scope, receive, send))
+        await started.wait()
+        async with asgi_client(app) as c:
+            await c.get("/?click_id=CLICKABC&pixel_id=42")
+            assert "kwai" in (await c.get(f"/lead?e={event}")).json()["queued"]
+        for _ in range(500):
+            if len(fake.events("kwai")) >= delivered:
+                break
+            await asyncio.sleep(0.02)
+        stop.set()
+        await lifespan
+
+    with serve_in_thread(fake.app) as base:
+        settings = make_settings(
+            start_dispatcher=True,
+            delivery=DeliveryConfig(poll_interval=0.02),
+            **fake.settings_overrides(base),
+        )
+        app = TrackingMiddleware(
+            Starlette(routes=[Route("/", page), Route("/lead", lead)]), settings
+        )
+        asyncio.run(one_lifespan(app, "first", 1))
+        asyncio.run(one_lifespan(app, "second", 2))
+    assert len(fake.events("kwai")) == 2

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import httpx
@@ -37,6 +37,14 @@ from .tracker import Tracker
 __all__ = ["Runtime"]
 
 log = logging.getLogger("tracking_mw")
+
+
+def _log_end(task: asyncio.Task[None]) -> None:
+    # A dispatcher that dies would otherwise stop delivery in silence (asyncio reports an
+    # unretrieved exception only when the task is collected, if ever).
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        log.error("tracking_mw: the dispatcher stopped: %s", type(exc).__name__)
 
 
 class Runtime:
@@ -123,23 +131,28 @@ class Runtime:
         """True once :meth:`startup` ran (in this process) and until :meth:`shutdown`."""
         return self._started
 
-    async def startup(self) -> None:
+    async def startup(self, on_stop: Callable[[], None] | None = None) -> None:
         """Start the asyncio dispatcher on the running loop (idempotent).
 
         Does nothing but mark the runtime started when ``settings.start_dispatcher`` is
         False (dispatchers then run elsewhere, e.g. ``tracking-mw dispatch``).
+        ``on_stop()`` is called when the dispatcher task ends, for whatever reason.
         """
         self._started = True
         if not self.settings.start_dispatcher or not self.adapters:
             return
         loop = asyncio.get_running_loop()
-        if self._task is not None and not self._task.done() and self._task_loop is loop:
-            return
-        self._dispatcher = self.make_dispatcher()
-        # A fresh, empty context: the task must not inherit the request state of whichever
-        # request happened to start it (lazy startup on the first request).
-        self._task = loop.create_task(self._dispatcher.run(), context=contextvars.Context())
-        self._task_loop = loop
+        task = self._task
+        if task is None or task.done() or self._task_loop is not loop:
+            self._dispatcher = self.make_dispatcher()
+            # A fresh, empty context: the task must not inherit the request state of whichever
+            # request happened to start it (lazy startup on the first request).
+            task = loop.create_task(self._dispatcher.run(), context=contextvars.Context())
+            task.add_done_callback(_log_end)
+            self._task = task
+            self._task_loop = loop
+        if on_stop is not None:
+            task.add_done_callback(lambda _task: on_stop())
 
     async def shutdown(self) -> None:
         """Stop claiming, finish in-flight requests within ``delivery.shutdown_grace``,

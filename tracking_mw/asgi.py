@@ -202,7 +202,10 @@ class TrackingMiddleware:
     async def _startup(self) -> None:
         self._started = True
         try:
-            await self._runtime.startup()
+            # When the dispatcher ends (shutdown, or its event loop closed: a test client
+            # without lifespan runs each request on a loop of its own), the next lifespan
+            # startup or request starts it again, on the loop running then.
+            await self._runtime.startup(on_stop=self._stopped)
         except Exception as exc:
             logger.error("tracking_mw: runtime failed to start: %s", type(exc).__name__)
         try:
@@ -211,7 +214,11 @@ class TrackingMiddleware:
         except Exception as exc:
             logger.error("tracking_mw: user-agent parser failed to load: %s", type(exc).__name__)
 
+    def _stopped(self) -> None:
+        self._started = False
+
     async def _shutdown(self) -> None:
+        self._started = False
         try:
             await self._runtime.shutdown()
         except Exception as exc:
