@@ -1,6 +1,6 @@
 """The dispatcher and its leases, on the real SQLite outbox: nothing is sent once its lease
-may have run out, each outcome is written as soon as it is known, and a write that fails
-is made later.
+may have run out, each outcome is written as soon as it is known, a write that fails is
+made later, and an answer about the whole request is not split.
 
 A fake clock makes lease time deterministic: the platform's "latency" advances it.
 """
@@ -16,11 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
+from tests._servers import serve_in_thread
+from tests.platforms._helpers import fake_settings, full_attribution, purchase
 from tracking_mw._errors import OutboxError
-from tracking_mw.config import DeliveryConfig
+from tracking_mw.config import DeliveryConfig, Settings
 from tracking_mw.delivery import Claimed, Dispatcher, Metrics, NewRecord
 from tracking_mw.delivery.sqlite import SQLiteOutbox
+from tracking_mw.platforms import Adapter, build_adapters
+from tracking_mw.testing import FakePlatforms
 
 from ._helpers import JsonAdapter
 
@@ -285,3 +290,91 @@ def test_while_an_outcome_cannot_be_written_nothing_more_is_sent(tmp_path: Path)
     assert platform.accepted() == dict.fromkeys(ids, 1)
     assert box.statuses() == dict.fromkeys(ids, "delivered")
     assert d.metrics.snapshot()["test"]["delivered"] == 3
+
+
+# -- an answer about the whole request --------------------------------------------------
+
+
+def _items(adapter: Adapter, n: int) -> list[NewRecord]:
+    now = time.time()
+    out = []
+    for i in range(n):
+        event = purchase(event_id=f"evt-{i:04d}")
+        item = adapter.prepare(event, full_attribution(now))
+        out.append(
+            NewRecord(adapter.name, event.event_id, "Purchase", adapter.batch_key(item), now, item)
+        )
+    return out
+
+
+@pytest.mark.parametrize(
+    ("platform", "wrong", "reason"),
+    [
+        ("meta", {"meta_token": "EAAwrong-token"}, "meta error 190"),
+        ("rokt", {"rokt_secret": "wrong-secret"}, "rokt HTTP 403"),
+    ],
+)
+def test_a_rejected_token_dead_letters_the_whole_request_without_splitting(
+    tmp_path: Path, platform: str, wrong: dict[str, Any], reason: str
+) -> None:
+    fake = FakePlatforms()
+    with serve_in_thread(fake.app, lifespan="off") as base:
+        settings = Settings(
+            secret_key="k" * 32,
+            outbox="memory://",
+            start_dispatcher=False,
+            **FakePlatforms(**wrong).settings_overrides(base),
+        )
+        adapter = build_adapters(settings)[platform]
+        box = SQLiteOutbox(str(tmp_path / "o.sqlite3"))
+        box.add(_items(adapter, 8), time.time())
+        d = Dispatcher(
+            box,
+            {platform: adapter},
+            DeliveryConfig(poll_interval=0.01, concurrency={platform: 1}),
+            Metrics(),
+        )
+        run_until_idle(d)
+    # One request for the 8 events, not 15 (8 -> 4 + 4 -> ... -> 1 + 1).
+    assert len(fake.received(platform)) == 1
+    dead = box.dead_letters()
+    assert len(dead) == 8
+    assert all(v.last_error is not None and reason in v.last_error for v in dead)
+    assert d.metrics.snapshot()[platform]["dead"] == 8
+
+
+@pytest.mark.parametrize(
+    ("code", "whole"),
+    [(190, True), (102, True), (10, True), (200, True), (294, True), (100, False)],
+)
+def test_meta_token_and_permission_errors_are_about_the_whole_request(
+    code: int, whole: bool
+) -> None:
+    meta = build_adapters(fake_settings(FakePlatforms()))["meta"]
+    body = json.dumps({"error": {"message": "x", "type": "OAuthException", "code": code}})
+    outcome = meta.classify(400, {}, body.encode(), 8)
+    assert outcome.kind == "permanent"
+    assert outcome.request_wide is whole
+
+
+def test_http_401_and_403_are_not_split_on_any_platform(tmp_path: Path) -> None:
+    clock = Clock()
+    box = Box(tmp_path / "o.sqlite3", clock)
+    fill(box, 8)
+    requests: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(len(json.loads(request.content)["events"]))
+        return httpx.Response(401 if len(requests) == 1 else 403, text="no")
+
+    d = Dispatcher(
+        box,
+        {"test": JsonAdapter(max_batch=4)},
+        config(),
+        Metrics(),
+        transport=httpx.MockTransport(handler),
+        clock=clock,
+    )
+    run_until_idle(d)
+    assert requests == [4, 4]
+    assert set(box.statuses().values()) == {"dead"}

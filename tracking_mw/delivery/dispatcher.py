@@ -8,7 +8,9 @@ HTTP connection pool is sized for the sum of all lanes). A worker loops:
         ─▶ adapter.build ─▶ httpx ─▶ adapter.classify
         ─▶ ok: ack │ retry: reschedule with backoff, or dead after max_attempts
                    │ permanent: split a rejected batch in halves until the bad event is
-                   │            alone, then dead-letter it with the platform's reason
+                   │            alone, then dead-letter it with the platform's reason;
+                   │            an answer about the request itself (``Outcome.request_wide``,
+                   │            HTTP 401 or 403) dead-letters all its events, unsplit
 
 Leases: a worker reckons its lease from just before it asks for the claim (the store starts
 it later, so this errs early). It starts no request, not even one half of a split batch,
@@ -77,6 +79,9 @@ _PREFETCH = 32
 # writing the outcome before the record can be claimed by anyone else.
 _SEND_WITHIN = 0.8
 _FINISH_WITHIN = 0.95
+
+# Answers about the request itself (credentials), whatever the platform: never split.
+_REQUEST_WIDE_STATUS = frozenset({401, 403})
 
 # A write of outcomes the outbox refused this many times running is given up (and logged):
 # its records are tried again when their lease ends. Until then the worker claims nothing.
@@ -410,12 +415,15 @@ class Dispatcher:
             )
         elif outcome.kind == "retry":
             await self._retry(name, lease, pending, chunk, outcome, status, text)
-        elif len(chunk) > 1:
+        elif len(chunk) > 1 and not (outcome.request_wide or status in _REQUEST_WIDE_STATUS):
             # The platform refused the request as a whole: find the event(s) at fault.
             half = len(chunk) // 2
             await self._send(name, adapter, chunk[:half], lease, pending)
             await self._send(name, adapter, chunk[half:], lease, pending)
         else:
+            # One event, or an answer about the request itself (a bad token, a missing
+            # permission): every event of it shares the reason, and splitting would only
+            # send 2n - 1 requests that all fail the same way.
             reason = outcome.reason or "rejected"
             await self._bury(name, lease, pending, chunk, reason, status, text)
 
