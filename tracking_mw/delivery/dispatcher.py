@@ -8,7 +8,19 @@ HTTP connection pool is sized for the sum of all lanes). A worker loops:
         ─▶ adapter.build ─▶ httpx ─▶ adapter.classify
         ─▶ ok: ack │ retry: reschedule with backoff, or dead after max_attempts
                    │ permanent: split a rejected batch in halves until the bad event is
-                   │            alone, then dead-letter it with the platform's reason
+                   │            alone, then dead-letter it with the platform's reason;
+                   │            an answer about the request itself (``Outcome.request_wide``,
+                   │            HTTP 401 or 403) dead-letters all its events, unsplit
+
+Leases: a worker reckons its lease from just before it asks for the claim (the store starts
+it later, so this errs early). It starts no request, not even one half of a split batch,
+after 80% of the lease, and cuts short a request still unanswered at 95% (tried again, as
+after a timeout); what it has not sent by then goes back to the outbox for a later claim.
+Each request's outcome (ack, reschedule, dead letter) is written as soon as it is known, so
+a lease that runs out never makes a delivered record claimable again. A write the outbox
+refuses is kept and made again before anything else (the writes are idempotent); until it
+succeeds the worker sends and claims nothing more, and after 8 refusals in a row it gives
+up on that write (its records are sent again once their lease ends: at-least-once).
 
 The one retry predicate: httpx transport errors (connection refused, reset, timeouts) are
 retried here without asking the adapter; every answer goes through ``adapter.classify``,
@@ -20,11 +32,13 @@ limit of about 270 batches/s counts each batch (one event) of a ``bulkevents`` r
 Records older than ``max_age_seconds`` (event time; Meta rejects a whole request holding
 one event over 7 days old) are dead-lettered before they are sent.
 
-Costs kept off the hot path: a worker writes the acks of one claim in the same outbox
-call as its next claim; the SQLite store gets a single outbox thread (its calls serialize
-anyway), whose connection keeps a warm page cache, and a passive WAL checkpoint at most
-once a second, so ``track()`` never runs one; a batching adapter builds its request from
-the stored item texts (``Adapter.build_stored``) without parsing them.
+Costs kept off the hot path: the SQLite store gets a single outbox thread (its calls
+serialize anyway), whose connection keeps a warm page cache, and a passive WAL checkpoint
+at most once a second, so ``track()`` never runs one; a batching adapter builds its request
+from the stored item texts (``Adapter.build_stored``) without parsing them.
+
+Counters: ``delivered``, ``retried`` and ``dead`` count a record when the outbox has taken
+its outcome, once; a write that fails is counted when it is made again.
 
 Graceful stop: workers stop claiming, finish the request in flight within
 ``shutdown_grace`` seconds, and release what they had claimed but not sent, so another
@@ -40,7 +54,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -57,17 +71,27 @@ __all__ = ["Dispatcher", "ThreadDispatcher"]
 log = logging.getLogger("tracking_mw")
 
 # One-event-per-request platforms: records a worker claims at once, to spread the cost of
-# a claim (and of the acks, written once per claim) over several requests. Kept small so
-# the leases of the queued ones stay young.
+# a claim over several requests. Kept small so the leases of the queued ones stay young.
 _PREFETCH = 32
+
+# Parts of a lease, reckoned from just before the claim was asked for: no request starts
+# after the first, and one still unanswered at the second is cut short. The rest is for
+# writing the outcome before the record can be claimed by anyone else.
+_SEND_WITHIN = 0.8
+_FINISH_WITHIN = 0.95
+
+# Answers about the request itself (credentials), whatever the platform: never split.
+_REQUEST_WIDE_STATUS = frozenset({401, 403})
+
+# A write of outcomes the outbox refused this many times running is given up (and logged):
+# its records are tried again when their lease ends. Until then the worker claims nothing.
+_WRITE_TRIES = 8
+_DONE = {"delivered": "were delivered", "retried": "will be retried", "dead": "are dead"}
 
 # Seconds between two outbox checkpoints (see Outbox.checkpoint).
 _CHECKPOINT_INTERVAL = 1.0
 
 _T = TypeVar("_T")
-
-# Delivered records waiting for their ack, grouped by the answer they got.
-_Acks = dict[tuple[int | None, str | None], list[Claimed]]
 
 
 class Dispatcher:
@@ -198,13 +222,15 @@ class Dispatcher:
         cfg = self.config
         size = adapter.max_batch if adapter.max_batch > 1 else _PREFETCH
         failures = 0
-        acks: _Acks = {}
+        pending = _Pending()
         try:
             while not self.stopping:
+                # Taken before the claim is asked for: the store starts the lease later
+                # (after the writes made first, after any wait for its lock), so the
+                # deadlines reckoned from here come early, never late.
+                start = self._clock()
                 try:
-                    # The acks of the previous claim are written by the same call, in the
-                    # same thread, just before the next claim: one hop to the pool per claim.
-                    batch = await self._io(self._ack_then_claim, name, acks, size)
+                    batch = await self._io(self._flush_then_claim, name, pending, size)
                     failures = 0
                 except Exception as exc:
                     failures += 1
@@ -221,51 +247,81 @@ class Dispatcher:
                         return
                     await self._sleep_or_stop(cfg.poll_interval)
                     continue
-                claimed_at = time.monotonic()
-                held = self._held[wid] = {c.record_id: c for c in batch}
+                lease = _Lease(batch, start, cfg.lease_seconds)
+                self._held[wid] = lease.held
                 try:
                     for chunk in _chunks(batch, adapter):
-                        # Stop, or a lease close to its end (a slow platform): give the rest
-                        # back rather than risk another dispatcher sending it meanwhile.
-                        if self.stopping or time.monotonic() - claimed_at > cfg.lease_seconds * 0.8:
+                        if not self._may_send(lease):
                             break
-                        await self._send(name, adapter, chunk, acks)
-                        for c in chunk:
-                            del held[c.record_id]
+                        await self._send(name, adapter, chunk, lease, pending)
                 except Exception as exc:  # a bug must not silently cost this lane a worker
                     log.error("tracking_mw: %s: delivery failed: %s", name, type(exc).__name__)
                     await self._sleep_or_stop(cfg.poll_interval)
+                # What got no answer (stop, end of the lease, a failed write): given back,
+                # so a later claim sends it instead of waiting for the lease to end.
                 rest = list(self._held.pop(wid, {}).values())
                 if rest:
                     await self._io(self._release_quietly, rest)
-            await self._io(self._ack_quietly, name, acks)
+            await self._io(self._flush, name, pending)
         finally:
             # Cancelled at the end of the shutdown grace: record what went out, hand back
             # what is still held.
-            self._ack_quietly(name, acks)
+            self._flush(name, pending)
             rest = list(self._held.pop(wid, {}).values())
             if rest:
                 self._release_quietly(rest)
 
-    def _ack_then_claim(self, name: str, acks: _Acks, size: int) -> list[Claimed]:
-        # One write for every delivery of the previous claim (and, now and then, the
-        # outbox's housekeeping). A crash before it means those events are sent again
-        # later: at-least-once, with the same event_id.
-        self._ack_quietly(name, acks)
+    def _may_send(self, lease: _Lease) -> bool:
+        """Whether a worker may start one more request with records of ``lease``."""
+        return not self.stopping and not lease.stopped and self._clock() < lease.send_by
+
+    def _flush_then_claim(self, name: str, pending: _Pending, size: int) -> list[Claimed]:
+        # Outcomes not yet written come first. While the outbox refuses them, the worker
+        # takes no more work: it could not record what happens to it either.
+        error = self._flush(name, pending)
+        if error is not None:
+            raise error
         return self.outbox.claim(name, size, self.config.lease_seconds, self._clock())
 
-    def _ack_quietly(self, name: str, acks: _Acks) -> None:
-        if not acks:
-            return
-        groups = list(acks.items())
-        acks.clear()
-        for (status, text), records in groups:
+    def _flush(self, name: str, pending: _Pending) -> Exception | None:
+        """Make the pending writes, oldest first, in the calling thread. The first that
+        fails and those after it stay pending (each write may be made again: the outbox's
+        ack, reschedule and bury are idempotent); returns its error, else None."""
+        writes = pending.take()
+        if not writes:
+            return None
+        error: Exception | None = None
+        for i, w in enumerate(writes):
             try:
-                self.outbox.ack(records, self._clock(), status, text)
-            except Exception as exc:  # leases expire and the records are sent again
-                log.warning("tracking_mw: outbox update failed: %s", type(exc).__name__)
-                continue
-            self.metrics.add(name, "delivered", len(records))
+                w.fn(w.records, self._clock(), *w.args)
+            except Exception as exc:
+                error = exc
+                w.tries += 1
+                if w.tries < _WRITE_TRIES:
+                    if w.tries == 1:
+                        log.warning(
+                            "tracking_mw: %s: outbox update failed, will try again: %s",
+                            name,
+                            type(exc).__name__,
+                        )
+                    pending.restore(writes[i:])
+                else:
+                    log.error(
+                        "tracking_mw: %s: gave up recording that %d record(s) %s: %s;"
+                        " they are tried again when their lease ends",
+                        name,
+                        w.count,
+                        _DONE[w.metric],
+                        type(exc).__name__,
+                    )
+                    pending.restore(writes[i + 1 :])
+                break
+            # Counted once the outbox has it, so a write made again is not counted twice.
+            self.metrics.add(name, w.metric, w.count)
+        self._checkpoint()
+        return error
+
+    def _checkpoint(self) -> None:
         # At most once a second, whichever worker gets here first (SQLite: a passive WAL
         # checkpoint, so that track() never runs one inside its commit).
         now = time.monotonic()
@@ -282,19 +338,32 @@ class Dispatcher:
         except Exception as exc:  # the lease will expire instead
             log.warning("tracking_mw: could not release leases: %s", type(exc).__name__)
 
-    async def _send(self, name: str, adapter: Adapter, chunk: list[Claimed], acks: _Acks) -> None:
+    async def _send(
+        self,
+        name: str,
+        adapter: Adapter,
+        chunk: list[Claimed],
+        lease: _Lease,
+        pending: _Pending,
+    ) -> None:
         now = self._clock()
         too_old = [c for c in chunk if now - c.event_time > self.config.max_age_seconds]
         if too_old:
-            await self._bury(name, too_old, "event too old to send", None, None)
+            await self._bury(name, lease, pending, too_old, "event too old to send", None, None)
             chunk = [c for c in chunk if now - c.event_time <= self.config.max_age_seconds]
             if not chunk:
                 return
+        # Checked before every request, those of a split too: what is not sent stays held
+        # and the worker gives it back for a later claim.
+        if not self._may_send(lease):
+            return
         bucket = self._buckets.get(name)
         if bucket is not None:
             wait = bucket.take(len(chunk))
             if wait > 0:
                 await asyncio.sleep(wait)
+                if not self._may_send(lease):
+                    return
         try:
             if adapter.builds_stored:
                 request = adapter.build_stored([c.item_json for c in chunk])
@@ -304,25 +373,30 @@ class Dispatcher:
             log.error(
                 "tracking_mw: %s: adapter could not build a request: %s", name, type(exc).__name__
             )
-            await self._bury(
-                name, chunk, f"could not build the request: {type(exc).__name__}", None, None
-            )
+            reason = f"could not build the request: {type(exc).__name__}"
+            await self._bury(name, lease, pending, chunk, reason, None, None)
             return
         assert self._client is not None
         status: int | None = None
         body = b""
         try:
-            response = await self._client.request(
-                request.method,
-                self._url(request.url),
-                headers=dict(request.headers),
-                content=request.body,
-            )
+            # A request still unanswered near the lease's end is cut short (and tried
+            # again, as after a timeout) rather than left running while another
+            # dispatcher may claim and send the same records.
+            async with asyncio.timeout(max(lease.end - self._clock(), 0.0)):
+                response = await self._client.request(
+                    request.method,
+                    self._url(request.url),
+                    headers=dict(request.headers),
+                    content=request.body,
+                )
             status = response.status_code
             body = response.content
             outcome = adapter.classify(status, response.headers, body, len(chunk))
         except httpx.HTTPError as exc:
             outcome = Outcome.retry(f"network error: {type(exc).__name__}")
+        except TimeoutError:
+            outcome = Outcome.retry("no answer before the lease's end")
         except Exception as exc:
             log.error(
                 "tracking_mw: %s: adapter could not classify an answer: %s",
@@ -332,16 +406,26 @@ class Dispatcher:
             outcome = Outcome.retry(f"could not classify the answer: {type(exc).__name__}")
         text = body.decode("utf-8", "replace") if body else None
         if outcome.kind == "ok":
-            acks.setdefault((status, text), []).extend(chunk)
+            await self._settle(
+                name,
+                lease,
+                pending,
+                chunk,
+                _Write("delivered", self.outbox.ack, chunk, status, text),
+            )
         elif outcome.kind == "retry":
-            await self._retry(name, chunk, outcome, status, text)
-        elif len(chunk) > 1:
+            await self._retry(name, lease, pending, chunk, outcome, status, text)
+        elif len(chunk) > 1 and not (outcome.request_wide or status in _REQUEST_WIDE_STATUS):
             # The platform refused the request as a whole: find the event(s) at fault.
             half = len(chunk) // 2
-            await self._send(name, adapter, chunk[:half], acks)
-            await self._send(name, adapter, chunk[half:], acks)
+            await self._send(name, adapter, chunk[:half], lease, pending)
+            await self._send(name, adapter, chunk[half:], lease, pending)
         else:
-            await self._bury(name, chunk, outcome.reason or "rejected", status, text)
+            # One event, or an answer about the request itself (a bad token, a missing
+            # permission): every event of it shares the reason, and splitting would only
+            # send 2n - 1 requests that all fail the same way.
+            reason = outcome.reason or "rejected"
+            await self._bury(name, lease, pending, chunk, reason, status, text)
 
     def _url(self, url: str) -> httpx.URL:
         """``httpx.URL(url)``, parsed once: a platform posts to one or a few URLs, and
@@ -356,6 +440,8 @@ class Dispatcher:
     async def _retry(
         self,
         name: str,
+        lease: _Lease,
+        pending: _Pending,
         chunk: list[Claimed],
         outcome: Outcome,
         status: int | None,
@@ -377,6 +463,7 @@ class Dispatcher:
                     retry_after=outcome.retry_after,
                 )
                 later.append((c, now + delay))
+        writes: list[_Write] = []
         if later:
             log.warning(
                 "tracking_mw: %s: %d record(s) will be retried (HTTP %s)",
@@ -384,30 +471,114 @@ class Dispatcher:
                 len(later),
                 status or "-",
             )
-            await self._settle(
-                self.outbox.reschedule, later, now, outcome.reason or "retry", status, text
-            )
-            self.metrics.add(name, "retried", len(later))
+            reason = outcome.reason or "retry"
+            writes.append(_Write("retried", self.outbox.reschedule, later, reason, status, text))
         if dead:
-            await self._bury(name, dead, f"too many attempts: {outcome.reason}", status, text)
+            self._log_dead(name, len(dead), status)
+            reason = f"too many attempts: {outcome.reason}"
+            writes.append(_Write("dead", self.outbox.bury, dead, reason, status, text))
+        await self._settle(name, lease, pending, chunk, *writes)
 
     async def _bury(
-        self, name: str, records: list[Claimed], reason: str, status: int | None, text: str | None
+        self,
+        name: str,
+        lease: _Lease,
+        pending: _Pending,
+        records: list[Claimed],
+        reason: str,
+        status: int | None,
+        text: str | None,
     ) -> None:
+        self._log_dead(name, len(records), status)
+        write = _Write("dead", self.outbox.bury, records, reason, status, text)
+        await self._settle(name, lease, pending, records, write)
+
+    @staticmethod
+    def _log_dead(name: str, n: int, status: int | None) -> None:
         log.warning(
             "tracking_mw: %s: %d record(s) moved to dead letters (HTTP %s)",
             name,
-            len(records),
+            n,
             status or "-",
         )
-        await self._settle(self.outbox.bury, records, self._clock(), reason, status, text)
-        self.metrics.add(name, "dead", len(records))
 
-    async def _settle(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            await self._io(fn, *args)
-        except Exception as exc:  # leases expire and the records are tried again
-            log.warning("tracking_mw: outbox update failed: %s", type(exc).__name__)
+    async def _settle(
+        self,
+        name: str,
+        lease: _Lease,
+        pending: _Pending,
+        records: Sequence[Claimed],
+        *writes: _Write,
+    ) -> None:
+        """Record the outcome of ``records`` now, not at the next claim: a lease that runs
+        out later must find them delivered (or dead, or rescheduled), never claimable."""
+        for c in records:
+            lease.held.pop(c.record_id, None)  # answered: never given back unsent
+        pending.add(writes)
+        if await self._io(self._flush, name, pending) is not None:
+            # The outbox refuses writes: send nothing more of this claim. The worker tries
+            # the writes again before it claims again.
+            lease.stopped = True
+
+
+class _Lease:
+    """The records one claim leased to a worker, and until when it may use them."""
+
+    __slots__ = ("end", "held", "send_by", "stopped")
+
+    def __init__(self, batch: Sequence[Claimed], start: float, seconds: float) -> None:
+        #: Claimed and not answered yet: given back if the worker stops sending.
+        self.held: dict[str, Claimed] = {c.record_id: c for c in batch}
+        #: No request starts after this.
+        self.send_by = start + seconds * _SEND_WITHIN
+        #: A request still unanswered by then is cut short.
+        self.end = start + seconds * _FINISH_WITHIN
+        #: An outcome could not be written: no more requests with this claim.
+        self.stopped = False
+
+
+class _Write:
+    """One outcome for the outbox: ``fn(records, now, *args)``, with ``fn`` its ``ack``,
+    ``reschedule`` or ``bury``; once made, ``count`` is added to the ``metric`` counter."""
+
+    __slots__ = ("args", "count", "fn", "metric", "records", "tries")
+
+    def __init__(
+        self, metric: str, fn: Callable[..., None], records: Sequence[Any], *args: Any
+    ) -> None:
+        self.metric = metric
+        self.fn = fn
+        self.records = records
+        self.args = args
+        self.count = len(records)
+        self.tries = 0
+
+
+class _Pending:
+    """A worker's outcomes not yet in the outbox.
+
+    A worker cancelled at the end of the shutdown grace makes its last writes in the event
+    loop's thread while a pool thread may still be making earlier ones: each write is taken
+    out under a lock before it is made, so none is made (or counted) twice.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._writes: list[_Write] = []
+
+    def add(self, writes: Iterable[_Write]) -> None:
+        with self._lock:
+            self._writes.extend(writes)
+
+    def restore(self, writes: Sequence[_Write]) -> None:
+        """Put back writes that were taken but not made, ahead of any added since."""
+        with self._lock:
+            self._writes[:0] = writes
+
+    def take(self) -> list[_Write]:
+        with self._lock:
+            writes, self._writes = self._writes, []
+            return writes
 
 
 class _NoCookies(httpx.Cookies):

@@ -12,6 +12,9 @@ The life of one event on one platform:
 4. After sending, :meth:`Adapter.classify` turns the platform's answer into an
    :class:`Outcome` for the whole request: ok, retry (maybe after N seconds) or permanent.
    Network errors and timeouts never reach an adapter: the dispatcher retries them.
+   A permanent outcome of a batch is taken to blame some event in it (the dispatcher splits
+   the batch to find it) unless it is ``request_wide``: a bad token or a missing permission
+   refuses any request, so its events are dead-lettered together, without splitting.
 """
 
 from __future__ import annotations
@@ -84,11 +87,17 @@ class PlatformRequest:
 
 @dataclass(frozen=True)
 class Outcome:
-    """The platform's verdict on one request."""
+    """The platform's verdict on one request.
+
+    ``request_wide`` (permanent outcomes only): the answer is about the request itself
+    (credentials, permissions), not about an event in it, so splitting a batch cannot help.
+    The dispatcher also takes HTTP 401 and 403 as request-wide on every platform.
+    """
 
     kind: OutcomeKind
     reason: str = ""
     retry_after: float | None = None
+    request_wide: bool = False
 
     @classmethod
     def ok(cls) -> Outcome:
@@ -99,8 +108,8 @@ class Outcome:
         return cls("retry", reason, retry_after)
 
     @classmethod
-    def permanent(cls, reason: str) -> Outcome:
-        return cls("permanent", reason)
+    def permanent(cls, reason: str, *, request_wide: bool = False) -> Outcome:
+        return cls("permanent", reason, request_wide=request_wide)
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:

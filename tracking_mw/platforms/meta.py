@@ -11,8 +11,10 @@ makes Meta reject the *whole* request), so such events are skipped with a reason
 Answers: 2xx with ``events_received == len(data)`` is ok. Errors come as
 ``{"error": {"message", "type", "code", "fbtrace_id"}}``: throttling codes (4, 17, 32, 613,
 80004) and ``is_transient`` errors retry, other codes (100 invalid parameter, 190 token,
-200 permission, ...) are permanent. A 2xx body that is not JSON is retried: events carry
-``event_id``, so Meta deduplicates a resend.
+200 permission, ...) are permanent. Token and permission errors (3, 10, 102, 104, 190,
+200-299) are about the request, not an event in it: a batch refused for them is not split.
+A 2xx body that is not JSON is retried: events carry ``event_id``, so Meta deduplicates a
+resend.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ __all__ = ["MetaAdapter"]
 MAX_AGE_SECONDS = 7 * 86400
 _THROTTLING = frozenset({4, 17, 32, 613, 80004})
 _TRANSIENT = frozenset({1, 2})
+# Graph API codes about the token or the app's permissions, whatever the events: 3 (method
+# or capability), 10 (permission denied), 102 (session), 104 (no token), 190 (token),
+# 200-299 (permissions). https://developers.facebook.com/docs/graph-api/guides/error-handling
+_REQUEST_WIDE = frozenset({3, 10, 102, 104, 190, *range(200, 300)})
 _HEADERS = {
     "Content-Type": "application/x-www-form-urlencoded",
     "Accept": "application/json",
@@ -229,7 +235,8 @@ class MetaAdapter(Adapter):
                 return Outcome.retry(reason, parse_retry_after(headers))
             if status >= 500:
                 return Outcome.retry(reason)
-            return Outcome.permanent(reason)
+            whole = type(code) is int and code in _REQUEST_WIDE
+            return Outcome.permanent(reason, request_wide=whole)
         http = default_classification(status, headers)
         if http is not None:
             return http
