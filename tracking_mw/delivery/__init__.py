@@ -15,7 +15,8 @@ default ``{tmw}``) and redis-py's own options.
 
 Semantics: at-least-once. A record is committed before ``track()`` returns, leased while
 it is sent, acknowledged after the platform accepted it; a crash between sending and the
-acknowledgement sends it again, with the same ``event_id`` (platforms deduplicate on it).
+acknowledgement sends it again, with the same ``event_id``: Meta, TikTok and Rokt
+deduplicate it; Kwai, Bigo and ROIBest take no event id and count it twice.
 """
 
 from __future__ import annotations

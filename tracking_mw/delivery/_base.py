@@ -11,7 +11,8 @@ One *delivery record* is one event for one platform. Its life::
 A claim sets the record's due time to the end of its lease, so one index (due time per
 platform) answers "what is due now" for new records, retries and expired leases alike: a
 dispatcher that dies mid-send leaves its records to be claimed again once the lease ends
-(at-least-once; a duplicate carries the same ``event_id``, which every platform deduplicates).
+(at-least-once; a duplicate carries the same ``event_id``, which Meta, TikTok and Rokt
+deduplicate, and Kwai, Bigo and ROIBest, which take no event id, do not).
 
 ``(platform, event_id)`` is unique: the same event tracked twice is queued once.
 Every method is synchronous and short; the asyncio dispatcher calls them in a worker thread.
