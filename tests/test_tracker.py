@@ -142,6 +142,26 @@ def test_link_visitor_then_track_by_external_id(request_state: RequestState) -> 
         link_visitor("")
 
 
+def test_an_integer_external_id_is_its_digits(request_state: RequestState) -> None:
+    # A database primary key, as Django and SQLAlchemy give it: 42 and "42" are one visitor.
+    assert link_visitor(42) is True
+    rt = request_state.runtime
+    assert rt is not None
+    got = rt.tracker.linked("42")
+    assert got is not None and got.visitor_id == "v1"
+    token = _state.set(None)
+    try:
+        r = track("Lead", external_id=42)
+    finally:
+        _state.reset(token)
+    by_event = {(v.event_id, v.platform): v.item for v in rt.outbox.recent()}
+    assert by_event[(r.event_id, "a")]["click"] == "CLICK-A"
+    for bad in (True, 4.2, None, "  ", b"42"):
+        with pytest.raises(InvalidEvent) as info:
+            link_visitor(bad)  # type: ignore[arg-type]
+        assert info.value.field == "external_id"
+
+
 def test_link_visitor_needs_a_visitor(runtime: Runtime) -> None:
     assert link_visitor("u1") is False  # outside a request
     token = _state.set(RequestState(None, runtime, False))

@@ -108,7 +108,7 @@ class Tracker:
         event_time: float | None = None,
         event_source_url: str | None = None,
         attribution: Attribution | Mapping[str, Any] | None = None,
-        external_id: str | None = None,
+        external_id: str | int | None = None,
     ) -> Receipt:
         """Queue one conversion for every platform that applies; see :func:`track`."""
         state = current_state()
@@ -237,7 +237,7 @@ class Tracker:
     def _attribution(
         self,
         attribution: Attribution | Mapping[str, Any] | None,
-        external_id: str | None,
+        external_id: str | int | None,
         current: Attribution | None,
     ) -> Attribution:
         if attribution is not None:
@@ -258,11 +258,11 @@ class Tracker:
             return Attribution()
         return current if current is not None else Attribution()
 
-    def linked(self, external_id: str) -> Attribution | None:
+    def linked(self, external_id: str | int) -> Attribution | None:
         """The attribution stored by :meth:`link_visitor` for ``external_id``, if any."""
-        _check_external_id(external_id)
+        key = link_key(_external_id(external_id))
         try:
-            data = self.runtime.outbox.linked(link_key(external_id), time.time())
+            data = self.runtime.outbox.linked(key, time.time())
         except Exception as exc:
             log.error("tracking_mw: cannot read a visitor link: %s", type(exc).__name__)
             return None
@@ -274,11 +274,11 @@ class Tracker:
             return None
 
     def link_visitor(
-        self, external_id: str, attribution: Attribution | Mapping[str, Any] | None = None
+        self, external_id: str | int, attribution: Attribution | Mapping[str, Any] | None = None
     ) -> bool:
         """Keep the visitor's attribution server-side under ``external_id``; see
         :func:`link_visitor`."""
-        _check_external_id(external_id)
+        key = link_key(_external_id(external_id))
         if attribution is None:
             state = current_state()
             if state is None or not state.consent or state.attribution is None:
@@ -292,16 +292,23 @@ class Tracker:
             except ValueError as exc:
                 raise InvalidEvent(str(exc), field="attribution") from exc
         try:
-            self.runtime.outbox.link(link_key(external_id), snapshot, time.time())
+            self.runtime.outbox.link(key, snapshot, time.time())
         except Exception as exc:
             log.error("tracking_mw: cannot store a visitor link: %s", type(exc).__name__)
             return False
         return True
 
 
-def _check_external_id(external_id: object) -> None:
+def _external_id(external_id: object) -> str:
+    """``external_id`` as the key text: a non-empty string, or an integer (a database
+    primary key, which Django and SQLAlchemy models have) as its decimal digits."""
+    if isinstance(external_id, int) and not isinstance(external_id, bool):
+        return str(external_id)
     if not isinstance(external_id, str) or not external_id.strip():
-        raise InvalidEvent("external_id must be a non-empty string", field="external_id")
+        raise InvalidEvent(
+            "external_id must be a non-empty string or an integer", field="external_id"
+        )
+    return external_id
 
 
 def _runtime() -> Runtime:
@@ -331,7 +338,7 @@ def track(
     event_time: float | None = None,
     event_source_url: str | None = None,
     attribution: Attribution | Mapping[str, Any] | None = None,
-    external_id: str | None = None,
+    external_id: str | int | None = None,
 ) -> Receipt:
     """Send a conversion to every configured platform that applies. Returns a :class:`Receipt`.
 
@@ -365,7 +372,7 @@ def track(
 
 
 def link_visitor(
-    external_id: str, attribution: Attribution | Mapping[str, Any] | None = None
+    external_id: str | int, attribution: Attribution | Mapping[str, Any] | None = None
 ) -> bool:
     """Remember the current visitor's attribution under ``external_id`` (a user or order id).
 
