@@ -98,6 +98,13 @@ def test_errors_are_one_line_and_non_zero(
     assert main(["--outbox", "mongodb://x", "outbox", "stats"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("tracking-mw: error: TRACKING_OUTBOX") and err.count("\n") == 1
+    # Reading an outbox that is not there fails, and makes no empty one.
+    missing = env.replace("outbox.sqlite3", "elsewhere.sqlite3")
+    for command in (["outbox", "stats"], ["outbox", "recent"], ["dead-letters", "list"]):
+        assert main(["--outbox", missing, *command]) == 1
+        err = capsys.readouterr().err
+        assert "no outbox at " in err and "elsewhere.sqlite3" in err and err.count("\n") == 1
+    assert not Path(missing[len("sqlite:///") :]).exists()
     monkeypatch.delenv("TRACKING_SECRET_KEY")
     assert main(["dispatch", "--once"]) == 1
     assert "TRACKING_SECRET_KEY" in capsys.readouterr().err

@@ -92,7 +92,15 @@ def _outbox_url(args: argparse.Namespace) -> str:
 
 
 def _open(args: argparse.Namespace) -> Outbox:
-    return open_outbox(_outbox_url(args))
+    """The outbox to read or change. A SQLite file must exist already: opening one would make
+    a new, empty outbox, and an operator in the wrong directory would read "empty"."""
+    url = _outbox_url(args)
+    rest = url[len("sqlite://") :].split("?", 1)[0] if url.startswith("sqlite://") else ""
+    if rest.startswith("/") and len(rest) > 1 and not os.path.exists(rest[1:]):
+        raise CliError(
+            f"no outbox at {os.path.abspath(rest[1:])} (set TRACKING_OUTBOX or --outbox)"
+        )
+    return open_outbox(url)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
