@@ -383,6 +383,18 @@ def test_construction(monkeypatch: pytest.MonkeyPatch) -> None:
     assert from_env.settings.outbox == "memory://"
 
 
+def test_an_outbox_that_cannot_be_opened_is_logged_at_startup(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Starlette builds declared middleware inside the lifespan call, whose exceptions
+    # uvicorn's default lifespan mode does not show: the log line is all the operator sees.
+    from tracking_mw._errors import OutboxError
+
+    with caplog.at_level(logging.ERROR, logger="tracking_mw"), pytest.raises(OutboxError):
+        TrackingMiddleware(starlette_app(), make_settings(outbox="sqlite:////proc/x.sqlite3"))
+    assert any("cannot" in r.getMessage() and "outbox" in r.getMessage() for r in caplog.records)
+
+
 # -- protocol details ------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Unpack
 
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, OutboxError
 from ._runtime import Runtime
 from .config import Settings, SettingsOverrides
 
@@ -37,8 +37,9 @@ def middleware_setup(
     try:
         settings = settings_of(settings, overrides)
         return settings, Runtime.for_settings(settings)
-    except ConfigurationError as exc:
-        # The messages name settings and formats, never a secret's value.
+    except (ConfigurationError, OutboxError) as exc:
+        # The messages name settings, formats and the outbox's file, never a secret's value
+        # (an outbox that cannot be opened, e.g. in a directory the app may not write to).
         logger.error("tracking_mw: %s", exc)
         raise
 
