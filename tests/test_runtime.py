@@ -16,7 +16,7 @@ import pytest
 
 from tests._servers import serve_in_thread
 from tests.delivery._helpers import JsonAdapter, full_attribution
-from tracking_mw import Attribution, DeliveryConfig, Settings
+from tracking_mw import Attribution, DeliveryConfig, KwaiConfig, Settings
 from tracking_mw._context import RequestState, _state
 from tracking_mw._runtime import Runtime
 from tracking_mw.delivery.memory import MemoryOutbox
@@ -190,6 +190,58 @@ def test_thread_dispatcher_delivers_and_survives_fork(
     rt.stop_thread_dispatcher()
     assert sorted(e["clickid"] for e in fake.events("kwai")) == ["kwai-click-1", "kwai-click-2"]
     rt.close()
+
+
+def test_requests_racing_in_a_forked_child_start_one_dispatcher_thread(tmp_path: Path) -> None:
+    # gunicorn --preload with threaded workers: the first requests of a fresh child race to
+    # start the dispatcher thread. One must win; two would double the rate limits.
+    import sys
+    import threading
+
+    settings = Settings(
+        secret_key=KEY,
+        outbox=f"sqlite:///{tmp_path}/o.sqlite3",
+        kwai=KwaiConfig(access_tokens={"*": "t"}, base_url="http://127.0.0.1:9"),
+    )
+    rt = Runtime(settings)
+    rt.ensure_thread_dispatcher()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race shows
+    started: list[int] = []
+    try:
+        for _ in range(60):
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                signal.alarm(30)
+                n = 99
+                try:
+                    barrier = threading.Barrier(8)
+
+                    def first_request(barrier: threading.Barrier) -> None:
+                        barrier.wait()
+                        rt.ensure_thread_dispatcher()
+
+                    threads = [
+                        threading.Thread(target=first_request, args=(barrier,)) for _ in range(8)
+                    ]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+                    n = sum(
+                        1
+                        for t in threading.enumerate()
+                        if t.name == "tracking_mw-dispatcher" and t.is_alive()
+                    )
+                finally:
+                    os._exit(n)
+            _, status = os.waitpid(pid, 0)
+            started.append(os.waitstatus_to_exitcode(status))
+    finally:
+        sys.setswitchinterval(interval)
+        rt.stop_thread_dispatcher()
+        rt.close()
+    assert started == [1] * 60
 
 
 def test_counters_and_prometheus(tmp_path: Path) -> None:

@@ -85,7 +85,6 @@ class Runtime:
         self._task_loop: asyncio.AbstractEventLoop | None = None
         self._dispatcher: Dispatcher | None = None
         self._thread: ThreadDispatcher | None = None
-        self._thread_lock = threading.Lock()
         self._thread_pid = os.getpid()
         self._atexit = False
         self._started = False
@@ -183,13 +182,14 @@ class Runtime:
         thread = self._thread
         if thread is not None and thread.alive:
             return
-        pid = os.getpid()
-        if pid != self._thread_pid:
-            # A lock inherited through fork may be held by a thread that no longer exists.
-            self._thread_lock = threading.Lock()
-            self._thread_pid = pid
-            self._thread = None
-        with self._thread_lock:
+        # One fork-safe lock for every runtime (threads start rarely): a child never inherits
+        # it held, and two requests racing in a fresh child cannot both start a thread.
+        with Runtime._cache_lock:
+            pid = os.getpid()
+            if pid != self._thread_pid:
+                # The parent's thread does not exist here.
+                self._thread_pid = pid
+                self._thread = None
             if self._thread is not None and self._thread.alive:
                 return
             self._thread = ThreadDispatcher(self.make_dispatcher)
