@@ -270,6 +270,32 @@ def test_counters_and_prometheus(tmp_path: Path) -> None:
     rt.close()
 
 
+def test_two_runtimes_over_one_outbox_report_its_backlog_once(tmp_path: Path) -> None:
+    # configure() in a process that also has a middleware: two runtimes, one outbox file.
+    from tracking_mw.delivery.metrics import _collect
+
+    url = f"sqlite:///{tmp_path}/shared.sqlite3"
+    one = Runtime(Settings(secret_key=KEY, outbox=url), adapters={"test": JsonAdapter()})
+    two = Runtime(Settings(secret_key=KEY, outbox=url), adapters={"test": JsonAdapter()})
+    other = Runtime(
+        Settings(secret_key=KEY, outbox="memory://"),
+        adapters={"test": JsonAdapter()},
+        outbox=MemoryOutbox(),
+    )
+    try:
+        one.tracker.track("Lead")
+        two.tracker.track("Lead")
+        other.tracker.track("Lead")
+        got = _collect([one, two, other])["test"]
+        # Three events accepted by three runtimes; two in the shared file, one in memory.
+        assert got["accepted"] == 3
+        assert got["pending"] == 3
+        assert _collect([one, two])["test"]["pending"] == 2
+    finally:
+        for rt in (one, two, other):
+            rt.close()
+
+
 def test_task_context_is_fresh() -> None:
     # Guard for the reason startup() passes a new Context: create_task copies the caller's.
     var: contextvars.ContextVar[str] = contextvars.ContextVar("v", default="none")

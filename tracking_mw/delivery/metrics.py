@@ -74,17 +74,34 @@ _registered = False
 _reg_lock = threading.Lock()
 
 
+# What a runtime reads from its outbox rather than counts itself: several runtimes of one
+# process over one outbox (configure() next to a middleware) report it once, not each.
+_FROM_OUTBOX = frozenset({"pending", "oldest_pending_age", "dead_letters"})
+
+
+def _outbox_key(rt: Any) -> object:
+    url = str(getattr(getattr(rt, "settings", None), "outbox", "") or "")
+    # Two memory:// outboxes are two stores; two runtimes on one file or server are one.
+    return url if url and not url.startswith("memory:") else id(rt.outbox)
+
+
 def _collect(sources: Iterable[Any]) -> dict[str, dict[str, float]]:
     total: dict[str, dict[str, float]] = {}
+    outboxes: set[object] = set()
     for rt in list(sources):
         try:
             counters: dict[str, dict[str, float]] = rt.counters()
         except Exception as exc:  # a broken outbox must not break the scrape of others
             log.warning("tracking_mw: counters unavailable: %s", type(exc).__name__)
             continue
+        key = _outbox_key(rt)
+        counted = key in outboxes
+        outboxes.add(key)
         for platform, values in counters.items():
             agg = total.setdefault(platform, {})
             for k, v in values.items():
+                if counted and k in _FROM_OUTBOX:
+                    continue
                 if k == "oldest_pending_age":
                     agg[k] = max(agg.get(k, 0.0), v)
                 else:
