@@ -647,6 +647,15 @@ def sample_ad_urls() -> list[tuple[str, str, str]]:
     ]
 
 
+def _reachable(host: str) -> str:
+    """The address this process reaches its own server at, served on ``host``: a wildcard
+    is reached over loopback, any other address as it is (a LAN address to show the demo
+    on a phone listens there only), an IPv6 one in brackets."""
+    if host in ("", "0.0.0.0", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def create_app(
     *,
     port: int,
@@ -662,9 +671,8 @@ def create_app(
     directory; ``fake`` to a new :class:`FakePlatforms`; ``delivery`` to short retry delays.
     The returned app exposes ``.fake``, ``.settings`` and ``.shop`` for tests.
     """
-    del host  # the platforms are reached over loopback whatever address is served
     fake = fake or FakePlatforms()
-    base_url = f"http://127.0.0.1:{port}"
+    base_url = f"http://{_reachable(host)}:{port}"
     settings = demo_settings(
         fake, base_url=base_url, outbox=outbox or default_outbox(), delivery=delivery
     )
