@@ -8,7 +8,11 @@ APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
 .PHONY: venv demo test test-pythons lint typecheck bench system-deps clean
 
+# Debian's python3 comes without ensurepip (package python3-venv), which `-m venv` needs.
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  echo "installing: python3-venv"; \
+	  $(APT) update -qq && $(APT) install -y -qq --no-install-recommends python3-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test,fast-ua]'
