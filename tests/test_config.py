@@ -255,6 +255,23 @@ def test_secrets_masked_in_repr() -> None:
     assert str(Secret("x")) == "***" and Secret("x").reveal() == "x"
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw-value@redis.internal:6379/0", "redis://:***@redis.internal:6379/0"),
+        ("rediss://app:pw-value@h:6380/1?prefix=x", "rediss://app:***@h:6380/1?prefix=x"),
+        ("redis://pw-value@h/0", "redis://***@h/0"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("sqlite:///var/lib/app/outbox.sqlite3", "sqlite:///var/lib/app/outbox.sqlite3"),
+    ],
+)
+def test_outbox_password_masked_in_repr(url: str, shown: str) -> None:
+    s = Settings(secret_key=KEY, outbox=url)
+    assert "pw-value" not in repr(s) and "pw-value" not in str(s)
+    assert f"outbox={shown!r}" in repr(s)
+    assert s.outbox == url  # the setting itself is unchanged
+
+
 def test_replace_validates_again() -> None:
     s = Settings.from_env(environ=BASE)
     assert s.replace(cookie_secure=False).cookie_secure is False

@@ -342,6 +342,18 @@ class Settings:
         if self.outbox_spool is not None and not str(self.outbox_spool).strip():
             _set(self, "outbox_spool", None)
 
+    def __repr__(self) -> str:
+        # The dataclass repr, with the outbox URL's password masked as credentials are:
+        # a Settings object shows up in debug pages and error reports' frame locals.
+        shown = []
+        for f in dataclasses.fields(self):
+            if f.repr:
+                value = getattr(self, f.name)
+                if f.name == "outbox":
+                    value = _without_password(value)
+                shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
     @property
     def platforms(self) -> dict[str, object]:
         """The configured platforms by name."""
@@ -509,6 +521,18 @@ def _int(value: str, name: str) -> int:
 
 def _text(value: str, name: str) -> str:
     return value
+
+
+def _without_password(url: str) -> str:
+    """``url`` with the password of its ``user:password@`` part (if any) shown as ``***``."""
+    head, sep, rest = url.partition("://")
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    if not sep or "@" not in netloc:
+        return url
+    userinfo, host = netloc.rsplit("@", 1)
+    # user:password keeps the user; a lone part may be a password written in the wrong place.
+    shown = userinfo.split(":", 1)[0] + ":***" if ":" in userinfo else "***"
+    return f"{head}://{shown}@{host}{rest[len(netloc) :]}"
 
 
 def _path_or_off(value: str, name: str) -> str | None:
