@@ -205,3 +205,52 @@ def test_an_outbox_that_fails_is_shown_not_raised(
         assert page.status_code == 200 and "cannot read the outbox" in page.text
 
     run(app, body)
+
+
+def test_a_slow_outbox_does_not_hold_other_requests(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Redis that hangs answers after the client's timeout; meanwhile the site's own pages
+    # must be served: the inspector reads the outbox off the event loop.
+    import threading
+
+    app = _app(settings, Inspector(settings, enabled=True))
+    runtime = Runtime.for_settings(settings)
+    release = threading.Event()
+    entered = threading.Event()
+
+    def hung(limit: int = 100) -> list[DeliveryView]:
+        entered.set()
+        release.wait(10)
+        raise OutboxError("timed out")
+
+    monkeypatch.setattr(runtime.outbox, "recent", hung)
+    order: list[str] = []
+
+    async def body(c: Client) -> None:
+        async def inspector(path: str) -> None:
+            r = await c.get(path)
+            assert r.status_code == 200 and "cannot read the outbox" in r.text
+            order.append(path)
+
+        for path in ("/_tracking/api/deliveries", "/_tracking/partial", "/_tracking/"):
+            entered.clear()
+            release.clear()
+            waiting = asyncio.create_task(inspector(path))
+            while not entered.is_set():
+                await asyncio.sleep(0.01)
+            # The inspector's request is stuck in the outbox; the home page still answers.
+            assert (await c.get("/")).status_code == 200
+            order.append("home")
+            release.set()
+            await waiting
+        assert order == [
+            "home",
+            "/_tracking/api/deliveries",
+            "home",
+            "/_tracking/partial",
+            "home",
+            "/_tracking/",
+        ]
+
+    run(app, body)

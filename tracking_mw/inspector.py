@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -152,8 +153,13 @@ class Inspector:
             limit = max(1, min(_MAX_LIMIT, int(q.get("limit", "100"))))
         except ValueError:
             limit = 100
-        data = self.deliveries(
-            limit=limit, platform=q.get("platform") or None, event_id=q.get("event_id") or None
+        # The outbox is read in a worker thread: a Redis that hangs must not hold the event
+        # loop (and every other request) for its timeout, once a second per open tab.
+        data = await run_in_threadpool(
+            self.deliveries,
+            limit=limit,
+            platform=q.get("platform") or None,
+            event_id=q.get("event_id") or None,
         )
         return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
@@ -165,20 +171,22 @@ class Inspector:
         )
 
     async def _partial(self, request: Request) -> Response:
-        return HTMLResponse(self._live_html(request), headers={"Cache-Control": "no-store"})
+        live = await self._live_html(request)
+        return HTMLResponse(live, headers={"Cache-Control": "no-store"})
 
     async def _page(self, request: Request) -> Response:
         base = str(request.scope.get("root_path", "")).rstrip("/")
-        body = _PAGE.replace("__LIVE__", self._live_html(request)).replace(
+        live = await self._live_html(request)
+        body = _PAGE.replace("__LIVE__", live).replace(
             "__PARTIAL__", html.escape(base + "/partial", quote=True)
         )
         return HTMLResponse(body, headers={"Cache-Control": "no-store"})
 
     # ---- rendering -------------------------------------------------------------------------
 
-    def _live_html(self, request: Request) -> str:
+    async def _live_html(self, request: Request) -> str:
         attribution, source = self._attribution(request)
-        data = self.deliveries(limit=100)
+        data = await run_in_threadpool(self.deliveries, limit=100)
         error = (
             f'<section class="card bad-text" id="error">{_esc(data["error"])}</section>'
             if data.get("error")
