@@ -136,6 +136,31 @@ def test_prune_removes_old_delivered_and_dead_only(outbox: Outbox) -> None:
     assert outbox.add([rec("a")], T0 + 2000) == [True]
 
 
+# What bytes.decode("utf-8", "surrogateescape") makes of a latin-1 "é" (a header, a file
+# name): text UTF-8 cannot encode.
+LONE = b"caf\xe9".decode("utf-8", "surrogateescape")
+
+
+def test_text_utf8_cannot_encode_is_stored_with_replacement_characters(outbox: Outbox) -> None:
+    # It used to fail the whole add() (UnicodeEncodeError): the event was lost for every
+    # platform, and track() reported the outbox itself as failing.
+    odd = NewRecord("meta", "e-" + LONE, "Buy " + LONE, LONE, T0, {"product": LONE})
+    assert outbox.add([odd, rec("e-" + LONE, "kwai")], T0) == [True, True]
+    assert outbox.add([odd], T0) == [False]  # the same event: still one record
+    (c,) = outbox.claim("meta", 10, 30.0, T0)
+    assert c.item_json == '{"product":"caf\ufffd"}'
+    assert c.item["product"] in ("caf\ufffd", LONE)  # the memory store keeps the object
+    if not isinstance(outbox, MemoryOutbox):
+        assert (c.event_id, c.event_name, c.batch_key) == (
+            "e-caf\ufffd",
+            "Buy caf\ufffd",
+            "caf\ufffd",
+        )
+    assert len(outbox.recent()) == 2
+    outbox.link("k", {"visitor_id": LONE}, T0)
+    assert outbox.linked("k", T0 + 1) in ({"visitor_id": "caf\ufffd"}, {"visitor_id": LONE})
+
+
 def test_open_outbox_urls(tmp_path: Path) -> None:
     box = open_outbox(f"sqlite:///{tmp_path}/x.sqlite3?retention=10&synchronous=full")
     assert isinstance(box, SQLiteOutbox) and box.options.retention == 10

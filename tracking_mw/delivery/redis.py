@@ -41,6 +41,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._errors import ConfigurationError, OutboxError
+from .._json import clean_text
 from ._base import (
     DEAD,
     DELIVERED,
@@ -348,8 +349,12 @@ class RedisOutbox(Outbox):
     def add(self, records: Sequence[NewRecord], now: float) -> list[bool]:
         args: list[Any] = [_num(now)]
         for r in records:
-            args += [r.platform, r.event_id, r.event_name, r.batch_key, _num(r.event_time)]
-            args.append(dumps(r.item))
+            texts = [r.platform, r.event_id, r.event_name, r.batch_key]
+            if not all(t.isascii() for t in texts):
+                # redis-py would fail to encode a lone surrogate: U+FFFD instead (see _json).
+                texts = [clean_text(t) for t in texts]
+            args += texts
+            args += [_num(r.event_time), dumps(r.item)]
         return [bool(x) for x in self._run("add", args)]
 
     def claim(self, platform: str, limit: int, lease_seconds: float, now: float) -> list[Claimed]:

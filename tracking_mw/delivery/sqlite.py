@@ -57,6 +57,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 from .._errors import ConfigurationError, OutboxError
+from .._json import clean_text
 from ._base import (
     DEAD,
     DELIVERED,
@@ -369,10 +370,15 @@ class SQLiteOutbox(Outbox):
             if not fresh:
                 return [False] * len(records)
         first = fresh[0]
+        key, name = eid, first.event_name
+        if not (key.isascii() and name.isascii()):
+            # Bound as they are, text UTF-8 cannot encode (a lone surrogate) would fail the
+            # write. The items are cleaned by dumps() (see _json).
+            key, name = clean_text(key), clean_text(name)
         heads, items = _pack(fresh)
         if (
             conn.execute(
-                _EVENT_INSERT, (eid, first.event_name, first.event_time, now, heads, items, eid)
+                _EVENT_INSERT, (key, name, first.event_time, now, heads, items, key)
             ).rowcount
             != 1
         ):
@@ -380,15 +386,13 @@ class SQLiteOutbox(Outbox):
             queued = frozenset(
                 p
                 for (p,) in conn.execute(
-                    "SELECT platform FROM deliveries WHERE event_id = ?", (eid,)
+                    "SELECT platform FROM deliveries WHERE event_id = ?", (key,)
                 )
             )
             seen = seen | queued
             fresh = [r for r in fresh if r.platform not in queued]
             if fresh:
-                conn.execute(
-                    _EVENT_INSERT_ANY, (eid, first.event_name, first.event_time, now, *_pack(fresh))
-                )
+                conn.execute(_EVENT_INSERT_ANY, (key, name, first.event_time, now, *_pack(fresh)))
         recent = self._recent
         recent[eid] = (seen.union([r.platform for r in fresh]), now)
         if len(recent) >= _RECENT_IDS:
