@@ -161,6 +161,22 @@ def test_text_utf8_cannot_encode_is_stored_with_replacement_characters(outbox: O
     assert outbox.linked("k", T0 + 1) in ({"visitor_id": "caf\ufffd"}, {"visitor_id": LONE})
 
 
+class Unstorable:
+    """An item value no store accepts: not JSON, and not copyable."""
+
+    def __deepcopy__(self, memo: object) -> None:
+        raise TypeError("cannot copy this")
+
+
+def test_an_add_that_fails_leaves_nothing_behind(outbox: Outbox) -> None:
+    bad = NewRecord("meta", "e2", "Purchase", "", T0, {"x": Unstorable()})
+    with pytest.raises(TypeError):
+        outbox.add([rec("e1"), bad], T0)
+    # Nothing of that add() was kept, not even in a cache of recent ids: e1 is new.
+    assert outbox.add([rec("e1")], T0) == [True]
+    assert [c.event_id for c in outbox.claim("meta", 10, 30.0, T0)] == ["e1"]
+
+
 def test_open_outbox_urls(tmp_path: Path) -> None:
     box = open_outbox(f"sqlite:///{tmp_path}/x.sqlite3?retention=10&synchronous=full")
     assert isinstance(box, SQLiteOutbox) and box.options.retention == 10

@@ -342,24 +342,43 @@ class SQLiteOutbox(Outbox):
             with _LOCK:
                 conn = self._conn()
                 try:
-                    return self._add_event(conn, eid, records, now)
+                    flags, seen = self._add_event(conn, eid, records, now)
                 except sqlite3.Error as exc:
                     raise OutboxError(f"outbox write failed: {exc}") from exc
+                if seen is not None:
+                    self._remember(eid, seen, now)
+                return flags
         groups: dict[str, list[int]] = {}
         for i, r in enumerate(records):
             groups.setdefault(r.event_id, []).append(i)
         added = [False] * len(records)
+        # Remembered only once the transaction committed: an event rolled back must not
+        # look queued to the next add().
+        remember: list[tuple[str, frozenset[str]]] = []
         with self._tx() as conn:
             for event_id, indexes in groups.items():
-                flags = self._add_event(conn, event_id, [records[i] for i in indexes], now)
+                flags, seen = self._add_event(conn, event_id, [records[i] for i in indexes], now)
+                if seen is not None:
+                    remember.append((event_id, seen))
                 for i, flag in zip(indexes, flags, strict=True):
                     added[i] = flag
+        for event_id, seen in remember:
+            self._remember(event_id, seen, now)
         return added
+
+    def _remember(self, eid: str, platforms: frozenset[str], now: float) -> None:
+        """Note that ``eid`` is queued for ``platforms`` (call after the commit)."""
+        recent = self._recent
+        recent[eid] = (platforms, now)
+        if len(recent) >= _RECENT_IDS:
+            self._recent_old, self._recent = recent, {}
 
     def _add_event(
         self, conn: sqlite3.Connection, eid: str, records: Sequence[NewRecord], now: float
-    ) -> list[bool]:
-        """Write one event's new records as one ``events`` row; per record, True if new."""
+    ) -> tuple[list[bool], frozenset[str] | None]:
+        """Write one event's new records as one ``events`` row. Per record, True if new;
+        and the platforms the event is now known to be queued for, for the caller to
+        remember once the write is committed (None: nothing new to remember)."""
         seen: frozenset[str] = _NONE
         fresh = records
         known = self._recent.get(eid) or self._recent_old.get(eid)
@@ -368,7 +387,7 @@ class SQLiteOutbox(Outbox):
             seen = known[0]
             fresh = [r for r in records if r.platform not in seen]
             if not fresh:
-                return [False] * len(records)
+                return [False] * len(records), None
         first = fresh[0]
         key, name = eid, first.event_name
         if not (key.isascii() and name.isascii()):
@@ -393,14 +412,11 @@ class SQLiteOutbox(Outbox):
             fresh = [r for r in fresh if r.platform not in queued]
             if fresh:
                 conn.execute(_EVENT_INSERT_ANY, (key, name, first.event_time, now, *_pack(fresh)))
-        recent = self._recent
-        recent[eid] = (seen.union([r.platform for r in fresh]), now)
-        if len(recent) >= _RECENT_IDS:
-            self._recent_old, self._recent = recent, {}
+        seen = seen.union([r.platform for r in fresh])
         if len(fresh) == len(records):
-            return [True] * len(records)
+            return [True] * len(records), seen
         kept = {id(r) for r in fresh}
-        return [id(r) in kept for r in records]
+        return [id(r) in kept for r in records], seen
 
     def _move(
         self,
