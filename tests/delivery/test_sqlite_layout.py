@@ -168,6 +168,51 @@ def test_recent_ids_are_bounded(box: SQLiteOutbox, monkeypatch: pytest.MonkeyPat
     assert box.stats(T0)["meta"]["pending"] == 10
 
 
+def lock_is_free() -> bool:
+    """True if another thread can take the process-wide SQLite lock right now."""
+    got: list[bool] = []
+
+    def take() -> None:
+        got.append(sqlite_mod._LOCK.acquire(blocking=False))
+        if got[0]:
+            sqlite_mod._LOCK.release()
+
+    t = threading.Thread(target=take)
+    t.start()
+    t.join()
+    return got[0]
+
+
+def test_checkpoint_runs_outside_the_process_lock(box: SQLiteOutbox, path: str) -> None:
+    # The checkpoint copies pages and fsyncs: a track() of this process (the app's own
+    # dispatcher) used to wait for it under the process-wide lock.
+    for i in range(50):
+        box.add([rec(f"w{i}")], T0)
+    seen: list[object] = []
+    added: list[list[bool]] = []
+
+    def add_elsewhere() -> None:
+        added.append(box.add([rec("during")], T0))
+
+    def trace(sql: str) -> None:
+        if "wal_checkpoint" in sql and not seen:
+            seen.append(lock_is_free())
+            if seen[0]:  # then a commit of another thread goes through meanwhile
+                t = threading.Thread(target=add_elsewhere)
+                t.start()
+                t.join(30)
+                seen.append(t.is_alive())
+
+    conn = box._conn()
+    conn.set_trace_callback(trace)
+    try:
+        box.checkpoint()
+    finally:
+        conn.set_trace_callback(None)
+    assert seen == [True, False] and added == [[True]]
+    assert box.stats(T0)["meta"]["pending"] == 51
+
+
 def test_items_with_any_characters_survive_both_claim_paths(box: SQLiteOutbox) -> None:
     odd = {"id": "x", "v": "a\x1eb\x1dc ü 日本 \U0001f600"}
     box.add([NewRecord("meta", "x", "Purchase", "px", T0, odd), rec("x", "kwai", "")], T0)

@@ -40,8 +40,9 @@ Choices, and why:
 - **Checkpoints off the request path.** SQLite's automatic WAL checkpoint runs inside the
   commit that crosses the threshold, and it fsyncs: a few milliseconds in one unlucky
   ``track()``. The threshold is raised (4,000 pages) and the dispatcher runs a PASSIVE
-  checkpoint between claims, which never blocks writers. Durability is unchanged: a
-  checkpoint only copies committed pages from the WAL into the database file.
+  checkpoint between claims, which never blocks writers, nor holds the lock every other
+  SQLite call of the process takes. Durability is unchanged: a checkpoint only copies
+  committed pages from the WAL into the database file.
 - **Claims leave items as text.** A claimed record carries its stored JSON (cut out of the
   event row by SQL); the Meta adapter splices those texts into the request body unparsed.
 """
@@ -53,7 +54,7 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 from .._errors import ConfigurationError, OutboxError
@@ -139,7 +140,22 @@ if hasattr(os, "register_at_fork"):
 
 # Every SQLite call of this process runs under this lock, which fork() waits for (see
 # fork_safe_rlock). SQLite serializes writers anyway, so it costs no concurrency there.
+# One exception, the checkpoint (see _CHECKPOINT_LOCK).
 _LOCK = fork_safe_rlock()
+# The dispatcher's PASSIVE checkpoint copies pages and fsyncs the database: milliseconds,
+# which a track() of this process would wait for under _LOCK. It runs under this lock
+# instead. Why that is safe:
+# - _LOCK is there for fork(): a child must never inherit SQLite's in-process lock state
+#   half changed. fork() waits for this lock too, so it never forks mid-checkpoint either.
+#   (fork takes this lock first, then _LOCK: at-fork "before" hooks run newest first. A
+#   checkpoint never holds both at once, so the order cannot deadlock.)
+# - The checkpoint uses the calling thread's own connection, which no other thread uses;
+#   SQLite lets threads use separate connections at once, unless it was built
+#   single-threaded (sqlite3.threadsafety 0), in which case the checkpoint keeps _LOCK.
+# - A PASSIVE checkpoint takes the WAL's checkpoint lock, never the write lock: commits of
+#   other connections go on meanwhile, exactly as when another process checkpoints.
+_CHECKPOINT_LOCK = fork_safe_rlock()
+_SINGLE_THREADED = sqlite3.threadsafety == 0
 
 # One event as one row: ``heads`` is a JSON array of [platform, batch_key, item length],
 # ``items`` the items' JSON texts joined by RS (see _RS), in the same order. The row is
@@ -567,11 +583,16 @@ class SQLiteOutbox(Outbox):
         """Copy the WAL back into the database file without blocking anyone (PASSIVE).
 
         Run by the dispatcher between claims, so that ``track()`` (whose connections only
-        checkpoint automatically once the WAL is very large) never pays for it.
+        checkpoint automatically once the WAL is very large) never pays for it. It runs
+        outside the process-wide lock (see _CHECKPOINT_LOCK): a ``track()`` in another
+        thread of this process commits meanwhile.
         """
         try:
             with _LOCK:
-                self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                # _conn() notices a fork and opens connections: under _LOCK, as always.
+                conn = self._conn()
+            with _CHECKPOINT_LOCK, _LOCK if _SINGLE_THREADED else nullcontext():
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox checkpoint failed: {exc}") from exc
 
