@@ -43,6 +43,8 @@ Choices, and why:
   checkpoint between claims, which never blocks writers, nor holds the lock every other
   SQLite call of the process takes. Durability is unchanged: a checkpoint only copies
   committed pages from the WAL into the database file.
+- **Pruning in batches.** Old records are deleted 1,000 per transaction, with a pause
+  between two, so a ``track()`` waits for a batch or so, not for the whole backlog.
 - **Claims leave items as text.** A claimed record carries its stored JSON (cut out of the
   event row by SQL); the Meta adapter splices those texts into the request body unparsed.
 """
@@ -52,6 +54,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext, suppress
@@ -182,6 +185,10 @@ _DELIVERY_INSERT = (
 # Events turned into deliveries per transaction: bounds the time a claim holds the write
 # lock (a track() in another process waits for it) when a backlog has built up.
 _MOVE_BATCH = 2_000
+# Deliveries (and expired links) deleted per transaction by prune(). A transaction holds
+# _LOCK (a track() of this process waits) and SQLite's write lock (a track() of another
+# process waits): a backlog of old records goes a bounded batch at a time.
+_PRUNE_BATCH = 1_000
 # Event ids this process queued lately, and for which platforms: a duplicate from the same
 # process is reported without a read. Bounded (10,000 to 20,000 ids); the unique key is
 # what guarantees "once".
@@ -215,6 +222,12 @@ _CLAIMED_ROWS = (
     f" d.created_at, {_ITEM}" + _CLAIMED
 )
 _RS = "\x1e"
+# Events (ids filled in) none of whose deliveries is left, once pruned. Never the newest
+# event: new rowids must stay above ``moved.upto``.
+_DELETE_BARE_EVENTS = (
+    "DELETE FROM events WHERE id IN ({}) AND id < (SELECT max(id) FROM events)"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_ref = events.id)"
+)
 # Pages the WAL may grow to before a committing connection checkpoints it itself (the
 # SQLite default is 1,000). A checkpoint inside a commit copies the WAL into the database
 # and fsyncs it: milliseconds, which would land in some unlucky track() call. The
@@ -725,28 +738,72 @@ class SQLiteOutbox(Outbox):
         return found if isinstance(found, dict) else None
 
     def prune(self, now: float) -> int:
+        # "status IN (...)" lets SQLite use the partial index deliveries_done.
         old = (
-            "FROM deliveries WHERE (status = 'delivered' AND updated_at < ?)"
-            " OR (status = 'dead' AND updated_at < ?)"
+            "SELECT id, event_ref FROM deliveries WHERE status IN ('delivered', 'dead')"
+            " AND status = ? AND updated_at < ? LIMIT ?"
         )
-        args = (now - self.options.retention, now - self.options.dead_retention)
-        with self._tx() as conn:
-            refs = [r for (r,) in conn.execute(f"SELECT DISTINCT event_ref {old}", args)]
-            n = conn.execute(f"DELETE {old}", args).rowcount
-            # Then the events none of whose deliveries is left. Never the newest event:
-            # new rowids must stay above ``moved.upto``.
-            for i in range(0, len(refs), 500):
-                part = refs[i : i + 500]
-                conn.execute(
-                    f"DELETE FROM events WHERE id IN ({','.join('?' * len(part))})"
-                    " AND id < (SELECT max(id) FROM events)"
-                    " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_ref = events.id)",
-                    part,
-                )
-            n += conn.execute("DELETE FROM links WHERE expires_at <= ?", (now,)).rowcount
-        # Pruned event ids may be queued again: forget what this process saw.
-        self._recent, self._recent_old = {}, {}
+        cuts = (
+            (DELIVERED, now - self.options.retention),
+            (DEAD, now - self.options.dead_retention),
+        )
+        n = 0
+        try:
+            # One bounded transaction per batch (see _PRUNE_BATCH), and _LOCK released
+            # between them (see _make_way). IMMEDIATE: a transaction that reads first
+            # cannot take the write lock once another connection has committed meanwhile
+            # (SQLITE_BUSY at once, without waiting).
+            for status, cut in cuts:
+                while True:
+                    started = time.monotonic()
+                    with self._tx(immediate=True) as conn:
+                        found = conn.execute(old, (status, cut, _PRUNE_BATCH)).fetchall()
+                        _delete_in(
+                            conn, "DELETE FROM deliveries WHERE id IN ({})", [r[0] for r in found]
+                        )
+                        # Then the events none of whose deliveries is left.
+                        _delete_in(conn, _DELETE_BARE_EVENTS, sorted({r[1] for r in found}))
+                    n += len(found)
+                    if len(found) < _PRUNE_BATCH:
+                        break
+                    self._make_way(started)
+            # Expired links, the same way. No index on expires_at: walk the rowids once.
+            last = 0
+            while True:
+                started = time.monotonic()
+                with self._tx(immediate=True) as conn:
+                    found = conn.execute(
+                        "SELECT rowid FROM links WHERE rowid > ? AND expires_at <= ?"
+                        " ORDER BY rowid LIMIT ?",
+                        (last, now, _PRUNE_BATCH),
+                    ).fetchall()
+                    _delete_in(conn, "DELETE FROM links WHERE rowid IN ({})", [r[0] for r in found])
+                n += len(found)
+                if len(found) < _PRUNE_BATCH:
+                    break
+                last = found[-1][0]
+                self._make_way(started)
+        finally:
+            # Pruned event ids may be queued again: forget what this process saw.
+            self._recent, self._recent_old = {}, {}
         return n
+
+    def _make_way(self, started: float) -> None:
+        """Between two batches of a long write (see prune): checkpoint, then pause.
+
+        The checkpoint (off _LOCK) keeps the WAL small, so that no commit, a track()'s
+        least of all, crosses the automatic checkpoint's threshold and copies the pages
+        of many batches at once. The pause lasts as long as the batch did (at most 50
+        ms), so that writers waiting for it get their turn: a thread of this process
+        waiting for _LOCK (a lock released and at once taken again by the same thread
+        rarely goes to a waiter), or another process in SQLite's busy handler, which
+        sleeps a few milliseconds between tries and would otherwise wake up to the lock
+        held again.
+        """
+        took = time.monotonic() - started
+        with suppress(OutboxError):
+            self.checkpoint()
+        time.sleep(min(took, 0.05))
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads end, or when the
@@ -777,6 +834,14 @@ def _thread_ended(
     _close_own([entry])
     with suppress(ValueError):
         opened.remove(entry)
+
+
+def _delete_in(conn: sqlite3.Connection, sql: str, ids: Sequence[int]) -> None:
+    """Run ``sql`` (an ``IN ({})`` statement) over ``ids``, 500 parameters at a time
+    (older SQLite builds allow at most 999 in one statement)."""
+    for i in range(0, len(ids), 500):
+        part = ids[i : i + 500]
+        conn.execute(sql.format(",".join("?" * len(part))), part)
 
 
 def _pack(records: Sequence[NewRecord]) -> tuple[str, str]:
