@@ -7,6 +7,7 @@ import secrets
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -245,4 +246,43 @@ def test_redis_down_is_an_outbox_error() -> None:
         box.add([rec("a")], T0)
     with pytest.raises(OutboxError):
         box.stats(T0)
+    box.close()
+
+
+def _redis(url: str) -> RedisOutbox:
+    return RedisOutbox.from_url(f"{url}?prefix={{t{secrets.token_hex(4)}}}&retention=100")
+
+
+def _count_calls(box: RedisOutbox, name: str) -> list[Any]:
+    """Record what each call of one of ``box``'s scripts returns."""
+    results: list[Any] = []
+    script = box._scripts[name]
+
+    def counted(**kw: Any) -> Any:
+        results.append(script(**kw))
+        return results[-1]
+
+    box._scripts[name] = counted
+    return results
+
+
+def _delivered(box: RedisOutbox, n: int, platform: str = "meta") -> None:
+    box.add([rec(f"{platform}{i}", platform) for i in range(n)], T0)
+    while claimed := box.claim(platform, 1000, 30.0, T0):
+        box.ack(claimed, T0, 200, None)
+
+
+def test_redis_prune_removes_every_old_record_a_bounded_call_at_a_time(redis_url: str) -> None:
+    # One call used to remove at most 1,000 records per platform: with the dispatcher
+    # pruning once a minute, a busier outbox than ~17 deliveries/s grew without bound.
+    box = _redis(redis_url)
+    _delivered(box, 2500)
+    _delivered(box, 700, "kwai")
+    calls = _count_calls(box, "prune")
+    assert box.prune(T0 + 101) == 3200
+    assert all(n <= 1000 for n in calls) and len(calls) == 4  # 1,000 x 3, then 200
+    stats = box.stats(T0 + 101)
+    assert stats["meta"]["delivered"] == 0 and stats["kwai"]["delivered"] == 0
+    # Their dedupe keys went too: the same event ids may be queued again.
+    assert box.add([rec("meta1"), rec("kwai1", "kwai")], T0 + 102) == [True, True]
     box.close()

@@ -13,6 +13,8 @@ Design: **hashes + sorted sets + Lua scripts**, not Redis Streams. Why:
   event_id)`` is unique, and ``track()`` costs one round trip however many platforms apply.
 - Every record is a hash with its status, attempts, times and last answer, which the
   inspector and ``tracking-mw dead-letters`` read directly.
+- Redis runs one script at a time and serves nobody meanwhile, so work of unbounded size
+  (pruning) is many scripts of at most 1,000 records each.
 
 Keys (prefix ``{tmw}`` by default, ``?prefix=`` to change; the braces are a Redis Cluster
 hash tag keeping every key in one slot, as multi-key scripts require)::
@@ -211,13 +213,15 @@ end
 return n
 """
 
+# At most ``limit`` records in all per call (see _BATCH); returns how many it removed.
 _PRUNE = """
 local p, done_cut, dead_cut, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local n = 0
 for _, platform in ipairs(redis.call('SMEMBERS', p .. ':platforms')) do
   for _, pair in ipairs({{'done', done_cut}, {'dead', dead_cut}}) do
+    if n >= limit then return n end
     local z = p .. ':' .. pair[1] .. ':' .. platform
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', pair[2], 'LIMIT', 0, limit)) do
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', pair[2], 'LIMIT', 0, limit - n)) do
       local key = p .. ':r:' .. id
       local eid = redis.call('HGET', key, 'event_id')
       if eid then redis.call('HDEL', p .. ':ids', platform .. '\\0' .. eid) end
@@ -229,6 +233,11 @@ for _, platform in ipairs(redis.call('SMEMBERS', p .. ':platforms')) do
 end
 return n
 """
+
+# Records one script call of prune() handles at most. A script blocks the whole server
+# while it runs (every track() of every host waits): a big prune is many short calls,
+# with other clients served in between.
+_BATCH = 1000
 
 _OURS = ("retention", "dead_retention", "link_ttl", "prefix")
 _VIEW_FIELDS = (
@@ -502,12 +511,15 @@ class RedisOutbox(Outbox):
         return found if isinstance(found, dict) else None
 
     def prune(self, now: float) -> int:
-        args = [
-            _num(now - self.options.retention),
-            _num(now - self.options.dead_retention),
-            1000,
-        ]
-        return int(self._run("prune", args))
+        """Delete old delivered and dead records, ``_BATCH`` per script call, until a call
+        finds fewer: all of them, however many, each call short (see _BATCH)."""
+        args = [_num(now - self.options.retention), _num(now - self.options.dead_retention)]
+        n = 0
+        while True:
+            done = int(self._run("prune", [*args, _BATCH]))
+            n += done
+            if done < _BATCH:
+                return n
 
     def close(self) -> None:
         """Close the connection pool."""
