@@ -286,3 +286,41 @@ def test_redis_prune_removes_every_old_record_a_bounded_call_at_a_time(redis_url
     # Their dedupe keys went too: the same event ids may be queued again.
     assert box.add([rec("meta1"), rec("kwai1", "kwai")], T0 + 102) == [True, True]
     box.close()
+
+
+def test_redis_retry_all_dead_letters_a_bounded_call_at_a_time(redis_url: str) -> None:
+    # One script used to retry every dead letter: with 200,000 of them it held Redis
+    # for seconds, and every track() meanwhile failed.
+    box = _redis(redis_url)
+    box.add([rec(f"e{i}") for i in range(2500)], T0)
+    while claimed := box.claim("meta", 1000, 30.0, T0):
+        box.bury(claimed, T0, "bad", 400, None)
+    calls = _count_calls(box, "retry_dead")
+    assert box.retry_dead(None, T0 + 1) == 2500
+    assert len(calls) == 3
+    assert [read for _, read in calls] == [1000, 1000, 500]
+    assert box.stats(T0 + 1)["meta"]["dead"] == 0
+    assert len(box.claim("meta", 5000, 30.0, T0 + 1)) == 2500
+    box.close()
+
+
+def test_redis_retry_dead_by_id_in_bounded_calls(redis_url: str) -> None:
+    box = _redis(redis_url)
+    box.add([rec(f"e{i}") for i in range(1500)], T0)
+    claimed = box.claim("meta", 1500, 30.0, T0)
+    box.bury(claimed, T0, "bad", 400, None)
+    calls = _count_calls(box, "retry_dead")
+    assert box.retry_dead([c.record_id for c in claimed], T0 + 1) == 1500
+    assert len(calls) == 2
+    assert box.stats(T0 + 1)["meta"]["dead"] == 0
+    box.close()
+
+
+def test_redis_retry_all_ends_on_a_dead_letter_whose_record_is_gone(redis_url: str) -> None:
+    box = _redis(redis_url)
+    box.add([rec("a")], T0)
+    box.bury(box.claim("meta", 1, 30.0, T0), T0, "bad", 400, None)
+    box.client.zadd(f"{box.prefix}:dead:meta", {"999999": T0})  # no such record
+    assert box.retry_dead(None, T0 + 1) == 1
+    assert box.client.zcard(f"{box.prefix}:dead:meta") == 0
+    box.close()

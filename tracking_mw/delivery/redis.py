@@ -14,7 +14,7 @@ Design: **hashes + sorted sets + Lua scripts**, not Redis Streams. Why:
 - Every record is a hash with its status, attempts, times and last answer, which the
   inspector and ``tracking-mw dead-letters`` read directly.
 - Redis runs one script at a time and serves nobody meanwhile, so work of unbounded size
-  (pruning) is many scripts of at most 1,000 records each.
+  (pruning, retrying every dead letter) is many scripts of at most 1,000 records each.
 
 Keys (prefix ``{tmw}`` by default, ``?prefix=`` to change; the braces are a Redis Cluster
 hash tag keeping every key in one slot, as multi-key scripts require)::
@@ -183,15 +183,16 @@ end
 return 1
 """
 
+# Either the ids given, or ('*', platform, limit) the oldest ``limit`` dead letters of one
+# platform: every id read leaves that dead set (one whose record is gone too), so calling
+# it again until it reads fewer than ``limit`` ends. Returns {retried, ids read}.
 _RETRY_DEAD = """
 local p, now = ARGV[1], ARGV[2]
 local ids = {}
 if ARGV[3] == '*' then
-  for _, platform in ipairs(redis.call('SMEMBERS', p .. ':platforms')) do
-    for _, id in ipairs(redis.call('ZRANGE', p .. ':dead:' .. platform, 0, -1)) do
-      ids[#ids + 1] = id
-    end
-  end
+  local z = p .. ':dead:' .. ARGV[4]
+  ids = redis.call('ZRANGE', z, 0, tonumber(ARGV[5]) - 1)
+  for _, id in ipairs(ids) do redis.call('ZREM', z, id) end
 else
   for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
 end
@@ -210,7 +211,7 @@ for _, id in ipairs(ids) do
     n = n + 1
   end
 end
-return n
+return {n, #ids}
 """
 
 # At most ``limit`` records in all per call (see _BATCH); returns how many it removed.
@@ -234,9 +235,10 @@ end
 return n
 """
 
-# Records one script call of prune() handles at most. A script blocks the whole server
-# while it runs (every track() of every host waits): a big prune is many short calls,
-# with other clients served in between.
+# Records one script call of prune() or retry_dead() handles at most. A script blocks the
+# whole server while it runs (every track() of every host waits): a big prune or retry is
+# many short calls (about 10 ms each for 1,000 dead letters of 200,000), with other
+# clients served in between.
 _BATCH = 1000
 
 _OURS = ("retention", "dead_retention", "link_ttl", "prefix")
@@ -469,11 +471,20 @@ class RedisOutbox(Outbox):
         return self._views([str(i) for i in ids[:limit]])
 
     def retry_dead(self, record_ids: Sequence[str] | None, now: float) -> int:
-        if record_ids is not None and not record_ids:
-            return 0
-        args: list[Any] = [_num(now)]
-        args += ["*"] if record_ids is None else [r for r in record_ids if r.isdigit()]
-        return int(self._run("retry_dead", args))
+        """Queue dead letters again, at most ``_BATCH`` per script call (see _BATCH)."""
+        n = 0
+        if record_ids is None:
+            for platform in self._platforms():
+                while True:
+                    done, read = self._run("retry_dead", [_num(now), "*", platform, _BATCH])
+                    n += int(done)
+                    if int(read) < _BATCH:
+                        break
+            return n
+        ids = [r for r in record_ids if r.isdigit()]
+        for i in range(0, len(ids), _BATCH):
+            n += int(self._run("retry_dead", [_num(now), *ids[i : i + _BATCH]])[0])
+        return n
 
     def stats(self, now: float) -> dict[str, dict[str, float]]:
         platforms = self._platforms()
