@@ -178,6 +178,20 @@ def test_an_add_that_fails_leaves_nothing_behind(outbox: Outbox) -> None:
     assert [c.event_id for c in outbox.claim("meta", 10, 30.0, T0)] == ["e1"]
 
 
+def test_outbox_options_must_be_finite_seconds(tmp_path: Path) -> None:
+    for value in ("nan", "inf", "0", "-1"):
+        with pytest.raises(ConfigurationError, match="retention"):
+            open_outbox(f"memory://?retention={value}")
+        with pytest.raises(ConfigurationError, match="link_ttl"):
+            open_outbox(f"sqlite:///{tmp_path}/x.sqlite3?link_ttl={value}")
+        with pytest.raises(ConfigurationError, match="dead_retention"):
+            open_outbox(f"redis://127.0.0.1:1/0?dead_retention={value}")
+        with pytest.raises(ConfigurationError, match="socket_timeout"):
+            open_outbox(f"redis://127.0.0.1:1/0?socket_timeout={value}")
+    with pytest.raises(ConfigurationError, match="link_ttl"):
+        OutboxOptions(link_ttl=float("nan"))
+
+
 def test_open_outbox_urls(tmp_path: Path) -> None:
     box = open_outbox(f"sqlite:///{tmp_path}/x.sqlite3?retention=10&synchronous=full")
     assert isinstance(box, SQLiteOutbox) and box.options.retention == 10

@@ -335,6 +335,18 @@ class RedisOutbox(Outbox):
         theirs = [(k, v) for k, v in query if k not in _OURS]
         options, extra = OutboxOptions.from_url("?" + urlencode(ours), allowed=("prefix",))
         keys = {k for k, _ in theirs}
+        for key, value in theirs:
+            if key in ("socket_timeout", "socket_connect_timeout"):
+                # redis-py takes NaN or a negative number here and fails on each connect.
+                try:
+                    seconds = float(value)
+                except ValueError:
+                    seconds = math.nan
+                if not (math.isfinite(seconds) and seconds > 0):
+                    raise ConfigurationError(
+                        f"TRACKING_OUTBOX option {key} must be a finite number of seconds > 0,"
+                        f" not {value!r}"
+                    )
         if "socket_timeout" not in keys:
             # track() must not hang on a dead server: fail fast and report on the receipt.
             theirs += [("socket_timeout", "2"), ("socket_connect_timeout", "1")]
