@@ -12,6 +12,7 @@ import pytest
 from tracking_mw._errors import ConfigurationError
 from tracking_mw.config import (
     BigoConfig,
+    DeliveryConfig,
     KwaiConfig,
     MetaConfig,
     RoibestConfig,
@@ -299,3 +300,69 @@ def test_overrides_type_lists_every_setting_with_its_type() -> None:
     assert set(overrides) == fields
     assert {name: hints[name] for name in fields} == overrides
     assert not SettingsOverrides.__required_keys__
+
+
+NAN = float("nan")
+INF = float("inf")
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"concurrency": {"meta": 0}}, r"concurrency\['meta'\]"),
+        ({"concurrency": {"meta": -1}}, r"concurrency\['meta'\]"),
+        ({"concurrency": {"meta": 2.5}}, r"concurrency\['meta'\]"),
+        ({"concurrency": {"meta": True}}, r"concurrency\['meta'\]"),
+        ({"concurrency": {"": 2}}, "concurrency"),
+        ({"rate_limits": {"rokt": 0}}, r"rate_limits\['rokt'\]"),
+        ({"rate_limits": {"rokt": -5}}, r"rate_limits\['rokt'\]"),
+        ({"rate_limits": {"rokt": NAN}}, r"rate_limits\['rokt'\]"),
+        ({"rate_limits": {"rokt": INF}}, r"rate_limits\['rokt'\]"),
+        ({"rate_limits": {"rokt": "270"}}, r"rate_limits\['rokt'\]"),
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"max_attempts": NAN}, "max_attempts"),
+        ({"max_attempts": 2.5}, "max_attempts"),
+        ({"backoff_base": NAN}, "backoff_base"),
+        ({"backoff_cap": INF}, "backoff_cap"),
+        ({"lease_seconds": NAN}, "lease_seconds"),
+        ({"lease_seconds": -1.0}, "lease_seconds"),
+        ({"timeout": INF}, "timeout"),
+        ({"timeout": 0}, "timeout"),
+        ({"poll_interval": NAN}, "poll_interval"),
+        ({"shutdown_grace": -1.0}, "shutdown_grace"),
+        ({"shutdown_grace": NAN}, "shutdown_grace"),
+        ({"max_age_seconds": 0}, "max_age_seconds"),
+        ({"max_age_seconds": NAN}, "max_age_seconds"),
+        ({"max_age_seconds": 10**400}, "max_age_seconds"),
+        ({"timeout": "10"}, "timeout"),
+    ],
+)
+def test_bad_delivery_numbers_fail_at_construction(changes: dict[str, Any], named: str) -> None:
+    # Each of these used to be accepted: concurrency 0 never delivered that platform, a
+    # rate of 0 or less killed the dispatcher later, NaN passed every "<= 0" test.
+    with pytest.raises(ConfigurationError, match="DeliveryConfig." + named):
+        DeliveryConfig(**changes)
+
+
+def test_good_delivery_numbers_are_kept() -> None:
+    cfg = DeliveryConfig(
+        max_attempts=3,
+        timeout=5,
+        shutdown_grace=0,
+        concurrency={"meta": 8},
+        rate_limits={"rokt": 100, "kwai": 2.5},
+    )
+    assert cfg.max_attempts == 3 and cfg.timeout == 5.0 and cfg.shutdown_grace == 0.0
+    assert cfg.concurrency_for("meta") == 8 and cfg.concurrency_for("kwai") == 4
+    assert cfg.rate_limits == {"rokt": 100.0, "kwai": 2.5}
+    assert DeliveryConfig(rate_limits={}).rate_limits == {}
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-5", "soon", ""])
+@pytest.mark.parametrize("option", ["retention", "dead_retention", "link_ttl"])
+def test_bad_outbox_option_fails_at_construction(option: str, value: str) -> None:
+    for url in ("memory://", "sqlite:///x.sqlite3", "redis://localhost:6379/0"):
+        with pytest.raises(ConfigurationError, match=f"TRACKING_OUTBOX option {option}"):
+            Settings(secret_key=KEY, outbox=f"{url}?{option}={value}")
+    ok = Settings(secret_key=KEY, outbox=f"memory://?{option}=60&prefix=x")
+    assert ok.outbox.endswith("prefix=x")  # the store checks its own options when opened

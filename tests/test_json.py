@@ -47,3 +47,21 @@ def test_loads_reads_what_only_the_stdlib_wrote() -> None:
     assert math.isnan(_json.loads('{"v":NaN}')["v"])
     with pytest.raises(ValueError):
         _json.loads("{not json")
+
+
+def test_lone_surrogates_become_replacement_characters() -> None:
+    # What bytes.decode("utf-8", "surrogateescape") makes of a latin-1 "é": UTF-8 cannot
+    # encode it, and a store failing on it would lose the whole event.
+    text = b"caf\xe9".decode("utf-8", "surrogateescape")
+    obj = {"product": text, text: [1, "\ud800"], "n": 2**70}
+    expected = '{"product":"caf\ufffd","caf\ufffd":[1,"\ufffd"],"n":' + str(2**70) + "}"
+    assert _json.dumps(obj) == expected
+    assert _json.dumps_bytes(obj) == expected.encode("utf-8")
+    assert _json.loads(_json.dumps(obj)) == json.loads(expected)
+    assert _json.clean_text(text) == "caf\ufffd"
+
+
+def test_a_pair_of_surrogates_is_the_character_it_stands_for() -> None:
+    # Text decoded from UTF-16 with "surrogatepass" holds the pair as two code points.
+    assert _json.dumps(["\ud83d\ude00", "\ude00\ud83d"]) == '["\U0001f600","\ufffd\ufffd"]'
+    assert _json.clean_text("plain é") == "plain é"

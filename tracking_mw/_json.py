@@ -6,9 +6,16 @@ was the largest share of ``track()`` after the commit itself. The output is the 
 either way (compact separators, UTF-8 kept as is); only the spelling of floats with an
 exponent differs (``1e+16`` vs ``1e16``), which every JSON parser reads alike.
 
-A value orjson refuses (an integer beyond 64 bits, a dict key that is not a string) goes
-through the stdlib encoder, which accepts or rejects it exactly as before. (orjson's own
-option for non-string keys slows down every dict, and the library's dicts have string keys.)
+A value orjson refuses (an integer beyond 64 bits, a dict key that is not a string, a
+lone surrogate) goes through the stdlib encoder, which accepts or rejects it exactly as
+before. (orjson's own option for non-string keys slows down every dict, and the library's
+dicts have string keys.)
+
+Lone surrogates become U+FFFD. Python text can hold them (``bytes.decode(...,
+"surrogateescape")`` makes one per byte that is not UTF-8, as ``os.fsdecode`` or a
+latin-1 header read as UTF-8 do), but UTF-8 cannot encode them: stored as they are, the
+outbox's write would fail and the whole event be lost, for a character no platform could
+read anyway. A valid pair of surrogates becomes the character it stands for.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["dumps", "dumps_bytes", "loads"]
+__all__ = ["clean_text", "dumps", "dumps_bytes", "loads"]
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _decode = json.JSONDecoder().decode
@@ -27,8 +34,25 @@ except ImportError:  # pragma: no cover - orjson is a dependency; kept for odd p
     orjson = None  # type: ignore[assignment]
 
 
+def clean_text(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD: text UTF-8 can encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # UTF-16 with surrogatepass keeps every code unit; decoding joins valid pairs and
+        # replaces each lone one.
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+def _std_dumps(obj: Any) -> str:
+    # The stdlib writes a surrogate as it is (ensure_ascii=False), only ever inside a
+    # string: cleaning the text is cleaning the value.
+    return clean_text(_encode(obj))
+
+
 def _std_dumps_bytes(obj: Any) -> bytes:
-    return _encode(obj).encode("utf-8")
+    return _std_dumps(obj).encode("utf-8")
 
 
 def _std_loads(text: str | bytes) -> Any:
@@ -51,7 +75,7 @@ if orjson is not None:
         try:
             return _odumps(obj).decode("utf-8")
         except TypeError:
-            return _encode(obj)
+            return _std_dumps(obj)
 
     def loads(text: str | bytes) -> Any:
         """Parse JSON text or UTF-8 bytes."""
@@ -63,6 +87,6 @@ if orjson is not None:
             return _std_loads(text)
 
 else:  # pragma: no cover
-    dumps = _encode
+    dumps = _std_dumps
     dumps_bytes = _std_dumps_bytes
     loads = _std_loads

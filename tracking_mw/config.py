@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
+import numbers
 import os
 import re
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict, TypeVar, Unpack
+from urllib.parse import parse_qs, urlsplit
 
 from ._errors import ConfigurationError
 
@@ -217,9 +220,72 @@ class TiktokConfig:
         _set(self, "base_url", _base_url(self.base_url, "TRACKING_TIKTOK_BASE_URL"))
 
 
+def _number(value: object, name: str, *, zero: bool = False) -> float:
+    """``value`` as a float if it is a finite number > 0 (>= 0 with ``zero``).
+
+    NaN passes every ``<=`` test, so it is checked for by name: a NaN timeout or retention
+    would be accepted and break later, far from its cause.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigurationError(f"{name} must be a number, not {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or number < 0 or (number == 0 and not zero):
+        bound = ">= 0" if zero else "> 0"
+        raise ConfigurationError(f"{name} must be a finite number {bound}, not {value!r}")
+    return number
+
+
+def _count(value: object, name: str) -> int:
+    """``value`` if it is a whole number >= 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigurationError(f"{name} must be a whole number >= 1, not {value!r}")
+    return int(value)
+
+
+def _per_platform(value: object, name: str) -> dict[str, object]:
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{name} must map platform names to numbers")
+    for key in value:
+        if not isinstance(key, str) or not key:
+            raise ConfigurationError(f"{name}: {key!r} is not a platform name")
+    return dict(value)
+
+
+# The outbox URL options every store reads, in seconds (see OutboxOptions).
+_OUTBOX_SECONDS = ("retention", "dead_retention", "link_ttl")
+
+
+def _check_outbox_options(url: str) -> None:
+    """The common options of the outbox URL are finite numbers of seconds > 0 (the store
+    checks the rest, its own options, when it opens)."""
+    query = parse_qs(urlsplit(url).query, keep_blank_values=True)
+    for key in _OUTBOX_SECONDS:
+        if key in query:
+            raw = query[key][-1]
+            try:
+                number = float(raw)
+            except ValueError:
+                number = math.nan
+            if not math.isfinite(number) or number <= 0:
+                raise ConfigurationError(
+                    f"TRACKING_OUTBOX option {key} must be a finite number of seconds > 0,"
+                    f" not {raw!r}"
+                )
+
+
 @dataclass(frozen=True, kw_only=True)
 class DeliveryConfig:
-    """How the dispatcher sends: attempts, backoff, leases, timeouts, per-platform limits."""
+    """How the dispatcher sends: attempts, backoff, leases, timeouts, per-platform limits.
+
+    Every number must be finite; durations are seconds > 0 (``shutdown_grace`` may be 0).
+    ``concurrency`` maps a platform to its requests in flight at once (a whole number >= 1;
+    default 4); ``rate_limits`` maps a platform to the events per second it may receive
+    (> 0; leave a platform out for no limit). A bad value is a :class:`ConfigurationError`
+    naming the setting, at construction.
+    """
 
     max_attempts: int = 12
     backoff_base: float = 1.0
@@ -233,15 +299,36 @@ class DeliveryConfig:
     rate_limits: Mapping[str, float] = field(default_factory=lambda: {"rokt": 270.0})
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ConfigurationError("max_attempts must be >= 1")
-        for name in ("backoff_base", "backoff_cap", "lease_seconds", "timeout", "poll_interval"):
-            if getattr(self, name) <= 0:
-                raise ConfigurationError(f"{name} must be > 0")
+        _set(self, "max_attempts", _count(self.max_attempts, "DeliveryConfig.max_attempts"))
+        for name in (
+            "backoff_base",
+            "backoff_cap",
+            "lease_seconds",
+            "timeout",
+            "poll_interval",
+            "shutdown_grace",
+            "max_age_seconds",
+        ):
+            value = _number(
+                getattr(self, name), f"DeliveryConfig.{name}", zero=name == "shutdown_grace"
+            )
+            _set(self, name, value)
         if self.backoff_cap < self.backoff_base:
-            raise ConfigurationError("backoff_cap must be >= backoff_base")
-        _set(self, "concurrency", dict(self.concurrency))
-        _set(self, "rate_limits", dict(self.rate_limits))
+            raise ConfigurationError(
+                "DeliveryConfig.backoff_cap must be >= DeliveryConfig.backoff_base"
+            )
+        concurrency = _per_platform(self.concurrency, "DeliveryConfig.concurrency")
+        _set(
+            self,
+            "concurrency",
+            {k: _count(v, f"DeliveryConfig.concurrency[{k!r}]") for k, v in concurrency.items()},
+        )
+        rates = _per_platform(self.rate_limits, "DeliveryConfig.rate_limits")
+        _set(
+            self,
+            "rate_limits",
+            {k: _number(v, f"DeliveryConfig.rate_limits[{k!r}]") for k, v in rates.items()},
+        )
 
     def concurrency_for(self, platform: str) -> int:
         """Requests in flight at once to one platform."""
@@ -339,6 +426,7 @@ class Settings:
             raise ConfigurationError(
                 "TRACKING_OUTBOX must be sqlite:///path, redis://host:port/db or memory://"
             )
+        _check_outbox_options(self.outbox)
         if self.outbox_spool is not None and not str(self.outbox_spool).strip():
             _set(self, "outbox_spool", None)
 

@@ -7,6 +7,7 @@ import secrets
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,6 +137,61 @@ def test_prune_removes_old_delivered_and_dead_only(outbox: Outbox) -> None:
     assert outbox.add([rec("a")], T0 + 2000) == [True]
 
 
+# What bytes.decode("utf-8", "surrogateescape") makes of a latin-1 "é" (a header, a file
+# name): text UTF-8 cannot encode.
+LONE = b"caf\xe9".decode("utf-8", "surrogateescape")
+
+
+def test_text_utf8_cannot_encode_is_stored_with_replacement_characters(outbox: Outbox) -> None:
+    # It used to fail the whole add() (UnicodeEncodeError): the event was lost for every
+    # platform, and track() reported the outbox itself as failing.
+    odd = NewRecord("meta", "e-" + LONE, "Buy " + LONE, LONE, T0, {"product": LONE})
+    assert outbox.add([odd, rec("e-" + LONE, "kwai")], T0) == [True, True]
+    assert outbox.add([odd], T0) == [False]  # the same event: still one record
+    (c,) = outbox.claim("meta", 10, 30.0, T0)
+    assert c.item_json == '{"product":"caf\ufffd"}'
+    assert c.item["product"] in ("caf\ufffd", LONE)  # the memory store keeps the object
+    if not isinstance(outbox, MemoryOutbox):
+        assert (c.event_id, c.event_name, c.batch_key) == (
+            "e-caf\ufffd",
+            "Buy caf\ufffd",
+            "caf\ufffd",
+        )
+    assert len(outbox.recent()) == 2
+    outbox.link("k", {"visitor_id": LONE}, T0)
+    assert outbox.linked("k", T0 + 1) in ({"visitor_id": "caf\ufffd"}, {"visitor_id": LONE})
+
+
+class Unstorable:
+    """An item value no store accepts: not JSON, and not copyable."""
+
+    def __deepcopy__(self, memo: object) -> None:
+        raise TypeError("cannot copy this")
+
+
+def test_an_add_that_fails_leaves_nothing_behind(outbox: Outbox) -> None:
+    bad = NewRecord("meta", "e2", "Purchase", "", T0, {"x": Unstorable()})
+    with pytest.raises(TypeError):
+        outbox.add([rec("e1"), bad], T0)
+    # Nothing of that add() was kept, not even in a cache of recent ids: e1 is new.
+    assert outbox.add([rec("e1")], T0) == [True]
+    assert [c.event_id for c in outbox.claim("meta", 10, 30.0, T0)] == ["e1"]
+
+
+def test_outbox_options_must_be_finite_seconds(tmp_path: Path) -> None:
+    for value in ("nan", "inf", "0", "-1"):
+        with pytest.raises(ConfigurationError, match="retention"):
+            open_outbox(f"memory://?retention={value}")
+        with pytest.raises(ConfigurationError, match="link_ttl"):
+            open_outbox(f"sqlite:///{tmp_path}/x.sqlite3?link_ttl={value}")
+        with pytest.raises(ConfigurationError, match="dead_retention"):
+            open_outbox(f"redis://127.0.0.1:1/0?dead_retention={value}")
+        with pytest.raises(ConfigurationError, match="socket_timeout"):
+            open_outbox(f"redis://127.0.0.1:1/0?socket_timeout={value}")
+    with pytest.raises(ConfigurationError, match="link_ttl"):
+        OutboxOptions(link_ttl=float("nan"))
+
+
 def test_open_outbox_urls(tmp_path: Path) -> None:
     box = open_outbox(f"sqlite:///{tmp_path}/x.sqlite3?retention=10&synchronous=full")
     assert isinstance(box, SQLiteOutbox) and box.options.retention == 10
@@ -204,4 +260,81 @@ def test_redis_down_is_an_outbox_error() -> None:
         box.add([rec("a")], T0)
     with pytest.raises(OutboxError):
         box.stats(T0)
+    box.close()
+
+
+def _redis(url: str) -> RedisOutbox:
+    return RedisOutbox.from_url(f"{url}?prefix={{t{secrets.token_hex(4)}}}&retention=100")
+
+
+def _count_calls(box: RedisOutbox, name: str) -> list[Any]:
+    """Record what each call of one of ``box``'s scripts returns."""
+    results: list[Any] = []
+    script = box._scripts[name]
+
+    def counted(**kw: Any) -> Any:
+        results.append(script(**kw))
+        return results[-1]
+
+    box._scripts[name] = counted
+    return results
+
+
+def _delivered(box: RedisOutbox, n: int, platform: str = "meta") -> None:
+    box.add([rec(f"{platform}{i}", platform) for i in range(n)], T0)
+    while claimed := box.claim(platform, 1000, 30.0, T0):
+        box.ack(claimed, T0, 200, None)
+
+
+def test_redis_prune_removes_every_old_record_a_bounded_call_at_a_time(redis_url: str) -> None:
+    # One call used to remove at most 1,000 records per platform: with the dispatcher
+    # pruning once a minute, a busier outbox than ~17 deliveries/s grew without bound.
+    box = _redis(redis_url)
+    _delivered(box, 2500)
+    _delivered(box, 700, "kwai")
+    calls = _count_calls(box, "prune")
+    assert box.prune(T0 + 101) == 3200
+    assert all(n <= 1000 for n in calls) and len(calls) == 4  # 1,000 x 3, then 200
+    stats = box.stats(T0 + 101)
+    assert stats["meta"]["delivered"] == 0 and stats["kwai"]["delivered"] == 0
+    # Their dedupe keys went too: the same event ids may be queued again.
+    assert box.add([rec("meta1"), rec("kwai1", "kwai")], T0 + 102) == [True, True]
+    box.close()
+
+
+def test_redis_retry_all_dead_letters_a_bounded_call_at_a_time(redis_url: str) -> None:
+    # One script used to retry every dead letter: with 200,000 of them it held Redis
+    # for seconds, and every track() meanwhile failed.
+    box = _redis(redis_url)
+    box.add([rec(f"e{i}") for i in range(2500)], T0)
+    while claimed := box.claim("meta", 1000, 30.0, T0):
+        box.bury(claimed, T0, "bad", 400, None)
+    calls = _count_calls(box, "retry_dead")
+    assert box.retry_dead(None, T0 + 1) == 2500
+    assert len(calls) == 3
+    assert [read for _, read in calls] == [1000, 1000, 500]
+    assert box.stats(T0 + 1)["meta"]["dead"] == 0
+    assert len(box.claim("meta", 5000, 30.0, T0 + 1)) == 2500
+    box.close()
+
+
+def test_redis_retry_dead_by_id_in_bounded_calls(redis_url: str) -> None:
+    box = _redis(redis_url)
+    box.add([rec(f"e{i}") for i in range(1500)], T0)
+    claimed = box.claim("meta", 1500, 30.0, T0)
+    box.bury(claimed, T0, "bad", 400, None)
+    calls = _count_calls(box, "retry_dead")
+    assert box.retry_dead([c.record_id for c in claimed], T0 + 1) == 1500
+    assert len(calls) == 2
+    assert box.stats(T0 + 1)["meta"]["dead"] == 0
+    box.close()
+
+
+def test_redis_retry_all_ends_on_a_dead_letter_whose_record_is_gone(redis_url: str) -> None:
+    box = _redis(redis_url)
+    box.add([rec("a")], T0)
+    box.bury(box.claim("meta", 1, 30.0, T0), T0, "bad", 400, None)
+    box.client.zadd(f"{box.prefix}:dead:meta", {"999999": T0})  # no such record
+    assert box.retry_dead(None, T0 + 1) == 1
+    assert box.client.zcard(f"{box.prefix}:dead:meta") == 0
     box.close()

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -166,6 +167,113 @@ def test_recent_ids_are_bounded(box: SQLiteOutbox, monkeypatch: pytest.MonkeyPat
     box.stats(T0)
     assert box.add([rec("e0")], T0) == [False]
     assert box.stats(T0)["meta"]["pending"] == 10
+
+
+def lock_is_free() -> bool:
+    """True if another thread can take the process-wide SQLite lock right now."""
+    got: list[bool] = []
+
+    def take() -> None:
+        got.append(sqlite_mod._LOCK.acquire(blocking=False))
+        if got[0]:
+            sqlite_mod._LOCK.release()
+
+    t = threading.Thread(target=take)
+    t.start()
+    t.join()
+    return got[0]
+
+
+def delivered(box: SQLiteOutbox, n: int) -> None:
+    box.add([rec(f"e{i}") for i in range(n)], T0)
+    while claimed := box.claim("meta", 1000, 30.0, T0):
+        box.ack(claimed, T0, 200, "ok")
+
+
+def test_prune_deletes_in_bounded_transactions(
+    box: SQLiteOutbox, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One transaction used to delete everything, holding the process-wide lock that every
+    # track() takes: 200,000 old records stalled track() for most of a second.
+    monkeypatch.setattr(sqlite_mod, "_PRUNE_BATCH", 1000, raising=False)
+    delivered(box, 2500)
+    box.link("old", {"v": 1}, T0 - 31 * 86400)  # expired
+    real = box._tx
+    txs: list[tuple[bool, int]] = []  # (lock free before it, rows it changed)
+
+    @contextmanager
+    def spy(immediate: bool = False) -> Iterator[sqlite3.Connection]:
+        free = lock_is_free()
+        with real(immediate) as conn:
+            before = conn.total_changes
+            yield conn
+            txs.append((free, conn.total_changes - before))
+
+    monkeypatch.setattr(box, "_tx", spy)
+    assert box.prune(T0 + 101) == 2501  # 2,500 deliveries and a link
+    assert len(txs) >= 3
+    # Each transaction: at most 1,000 deliveries and their 1,000 events; the lock is free
+    # between two of them.
+    assert all(free and changes <= 2000 for free, changes in txs)
+    assert count(path, "SELECT count(*) FROM deliveries") == 0
+    assert count(path, "SELECT count(*) FROM events") == 1  # the newest row stays
+    assert count(path, "SELECT count(*) FROM links") == 0
+
+
+def test_prune_holds_the_write_lock_from_its_first_read(box: SQLiteOutbox, path: str) -> None:
+    # A deferred transaction that reads, then writes, fails at once ("database is locked")
+    # if another connection committed in between: another process's track() during a
+    # prune used to make the prune fail.
+    delivered(box, 3)
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    outcome: list[str] = []
+
+    def trace(sql: str) -> None:
+        if sql.startswith("DELETE") and not outcome:
+            try:
+                other.execute("INSERT INTO links VALUES ('k', '{}', 0)")
+                outcome.append("written")
+            except sqlite3.OperationalError as exc:
+                outcome.append(str(exc))
+
+    conn = box._conn()
+    conn.set_trace_callback(trace)
+    try:
+        assert box.prune(T0 + 101) == 3
+    finally:
+        conn.set_trace_callback(None)
+        other.close()
+    assert outcome == ["database is locked"]  # the prune held the lock: the writer waits
+
+
+def test_checkpoint_runs_outside_the_process_lock(box: SQLiteOutbox, path: str) -> None:
+    # The checkpoint copies pages and fsyncs: a track() of this process (the app's own
+    # dispatcher) used to wait for it under the process-wide lock.
+    for i in range(50):
+        box.add([rec(f"w{i}")], T0)
+    seen: list[object] = []
+    added: list[list[bool]] = []
+
+    def add_elsewhere() -> None:
+        added.append(box.add([rec("during")], T0))
+
+    def trace(sql: str) -> None:
+        if "wal_checkpoint" in sql and not seen:
+            seen.append(lock_is_free())
+            if seen[0]:  # then a commit of another thread goes through meanwhile
+                t = threading.Thread(target=add_elsewhere)
+                t.start()
+                t.join(30)
+                seen.append(t.is_alive())
+
+    conn = box._conn()
+    conn.set_trace_callback(trace)
+    try:
+        box.checkpoint()
+    finally:
+        conn.set_trace_callback(None)
+    assert seen == [True, False] and added == [[True]]
+    assert box.stats(T0)["meta"]["pending"] == 51
 
 
 def test_items_with_any_characters_survive_both_claim_paths(box: SQLiteOutbox) -> None:

@@ -20,6 +20,7 @@ Every method is synchronous and short; the asyncio dispatcher calls them in a wo
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import threading
@@ -259,6 +260,16 @@ class OutboxOptions:
     dead_retention: float = 30 * 86400.0
     link_ttl: float = 30 * 86400.0
 
+    def __post_init__(self) -> None:
+        for key in ("retention", "dead_retention", "link_ttl"):
+            value = getattr(self, key)
+            # "not > 0" rather than "<= 0": NaN fails every comparison.
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (number and math.isfinite(value) and value > 0):
+                raise ConfigurationError(
+                    f"outbox option {key} must be a finite number of seconds > 0, not {value!r}"
+                )
+
     @classmethod
     def from_url(
         cls, url: str, allowed: Sequence[str] = ()
@@ -274,9 +285,7 @@ class OutboxOptions:
                     number = float(value)
                 except ValueError as exc:
                     raise ConfigurationError(f"outbox option {key} must be seconds") from exc
-                if number <= 0:
-                    raise ConfigurationError(f"outbox option {key} must be > 0")
-                common[key] = number
+                common[key] = number  # checked by __post_init__
             elif key in allowed:
                 extra[key] = value
             else:

@@ -101,9 +101,12 @@ class MemoryOutbox(Outbox):
         return cls(options)
 
     def add(self, records: Sequence[NewRecord], now: float) -> list[bool]:
+        # Items are copied before anything is stored: a copy that fails leaves the outbox
+        # as it was, as a rolled-back transaction does in the durable stores.
+        items = [copy.deepcopy(dict(r.item)) for r in records]
         out: list[bool] = []
         with self._lock:
-            for r in records:
+            for r, item in zip(records, items, strict=True):
                 key = (r.platform, r.event_id)
                 if key in self._keys:
                     out.append(False)
@@ -116,7 +119,7 @@ class MemoryOutbox(Outbox):
                     event_name=r.event_name,
                     batch_key=r.batch_key,
                     event_time=r.event_time,
-                    item=copy.deepcopy(dict(r.item)),
+                    item=item,
                     status=PENDING,
                     attempts=0,
                     created_at=now,

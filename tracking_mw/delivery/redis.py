@@ -13,6 +13,8 @@ Design: **hashes + sorted sets + Lua scripts**, not Redis Streams. Why:
   event_id)`` is unique, and ``track()`` costs one round trip however many platforms apply.
 - Every record is a hash with its status, attempts, times and last answer, which the
   inspector and ``tracking-mw dead-letters`` read directly.
+- Redis runs one script at a time and serves nobody meanwhile, so work of unbounded size
+  (pruning, retrying every dead letter) is many scripts of at most 1,000 records each.
 
 Keys (prefix ``{tmw}`` by default, ``?prefix=`` to change; the braces are a Redis Cluster
 hash tag keeping every key in one slot, as multi-key scripts require)::
@@ -41,6 +43,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .._errors import ConfigurationError, OutboxError
+from .._json import clean_text
 from ._base import (
     DEAD,
     DELIVERED,
@@ -180,15 +183,16 @@ end
 return 1
 """
 
+# Either the ids given, or ('*', platform, limit) the oldest ``limit`` dead letters of one
+# platform: every id read leaves that dead set (one whose record is gone too), so calling
+# it again until it reads fewer than ``limit`` ends. Returns {retried, ids read}.
 _RETRY_DEAD = """
 local p, now = ARGV[1], ARGV[2]
 local ids = {}
 if ARGV[3] == '*' then
-  for _, platform in ipairs(redis.call('SMEMBERS', p .. ':platforms')) do
-    for _, id in ipairs(redis.call('ZRANGE', p .. ':dead:' .. platform, 0, -1)) do
-      ids[#ids + 1] = id
-    end
-  end
+  local z = p .. ':dead:' .. ARGV[4]
+  ids = redis.call('ZRANGE', z, 0, tonumber(ARGV[5]) - 1)
+  for _, id in ipairs(ids) do redis.call('ZREM', z, id) end
 else
   for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
 end
@@ -207,16 +211,18 @@ for _, id in ipairs(ids) do
     n = n + 1
   end
 end
-return n
+return {n, #ids}
 """
 
+# At most ``limit`` records in all per call (see _BATCH); returns how many it removed.
 _PRUNE = """
 local p, done_cut, dead_cut, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local n = 0
 for _, platform in ipairs(redis.call('SMEMBERS', p .. ':platforms')) do
   for _, pair in ipairs({{'done', done_cut}, {'dead', dead_cut}}) do
+    if n >= limit then return n end
     local z = p .. ':' .. pair[1] .. ':' .. platform
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', pair[2], 'LIMIT', 0, limit)) do
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', z, '-inf', pair[2], 'LIMIT', 0, limit - n)) do
       local key = p .. ':r:' .. id
       local eid = redis.call('HGET', key, 'event_id')
       if eid then redis.call('HDEL', p .. ':ids', platform .. '\\0' .. eid) end
@@ -228,6 +234,12 @@ for _, platform in ipairs(redis.call('SMEMBERS', p .. ':platforms')) do
 end
 return n
 """
+
+# Records one script call of prune() or retry_dead() handles at most. A script blocks the
+# whole server while it runs (every track() of every host waits): a big prune or retry is
+# many short calls (about 10 ms each for 1,000 dead letters of 200,000), with other
+# clients served in between.
+_BATCH = 1000
 
 _OURS = ("retention", "dead_retention", "link_ttl", "prefix")
 _VIEW_FIELDS = (
@@ -323,6 +335,18 @@ class RedisOutbox(Outbox):
         theirs = [(k, v) for k, v in query if k not in _OURS]
         options, extra = OutboxOptions.from_url("?" + urlencode(ours), allowed=("prefix",))
         keys = {k for k, _ in theirs}
+        for key, value in theirs:
+            if key in ("socket_timeout", "socket_connect_timeout"):
+                # redis-py takes NaN or a negative number here and fails on each connect.
+                try:
+                    seconds = float(value)
+                except ValueError:
+                    seconds = math.nan
+                if not (math.isfinite(seconds) and seconds > 0):
+                    raise ConfigurationError(
+                        f"TRACKING_OUTBOX option {key} must be a finite number of seconds > 0,"
+                        f" not {value!r}"
+                    )
         if "socket_timeout" not in keys:
             # track() must not hang on a dead server: fail fast and report on the receipt.
             theirs += [("socket_timeout", "2"), ("socket_connect_timeout", "1")]
@@ -348,8 +372,12 @@ class RedisOutbox(Outbox):
     def add(self, records: Sequence[NewRecord], now: float) -> list[bool]:
         args: list[Any] = [_num(now)]
         for r in records:
-            args += [r.platform, r.event_id, r.event_name, r.batch_key, _num(r.event_time)]
-            args.append(dumps(r.item))
+            texts = [r.platform, r.event_id, r.event_name, r.batch_key]
+            if not all(t.isascii() for t in texts):
+                # redis-py would fail to encode a lone surrogate: U+FFFD instead (see _json).
+                texts = [clean_text(t) for t in texts]
+            args += texts
+            args += [_num(r.event_time), dumps(r.item)]
         return [bool(x) for x in self._run("add", args)]
 
     def claim(self, platform: str, limit: int, lease_seconds: float, now: float) -> list[Claimed]:
@@ -455,11 +483,20 @@ class RedisOutbox(Outbox):
         return self._views([str(i) for i in ids[:limit]])
 
     def retry_dead(self, record_ids: Sequence[str] | None, now: float) -> int:
-        if record_ids is not None and not record_ids:
-            return 0
-        args: list[Any] = [_num(now)]
-        args += ["*"] if record_ids is None else [r for r in record_ids if r.isdigit()]
-        return int(self._run("retry_dead", args))
+        """Queue dead letters again, at most ``_BATCH`` per script call (see _BATCH)."""
+        n = 0
+        if record_ids is None:
+            for platform in self._platforms():
+                while True:
+                    done, read = self._run("retry_dead", [_num(now), "*", platform, _BATCH])
+                    n += int(done)
+                    if int(read) < _BATCH:
+                        break
+            return n
+        ids = [r for r in record_ids if r.isdigit()]
+        for i in range(0, len(ids), _BATCH):
+            n += int(self._run("retry_dead", [_num(now), *ids[i : i + _BATCH]])[0])
+        return n
 
     def stats(self, now: float) -> dict[str, dict[str, float]]:
         platforms = self._platforms()
@@ -497,12 +534,15 @@ class RedisOutbox(Outbox):
         return found if isinstance(found, dict) else None
 
     def prune(self, now: float) -> int:
-        args = [
-            _num(now - self.options.retention),
-            _num(now - self.options.dead_retention),
-            1000,
-        ]
-        return int(self._run("prune", args))
+        """Delete old delivered and dead records, ``_BATCH`` per script call, until a call
+        finds fewer: all of them, however many, each call short (see _BATCH)."""
+        args = [_num(now - self.options.retention), _num(now - self.options.dead_retention)]
+        n = 0
+        while True:
+            done = int(self._run("prune", [*args, _BATCH]))
+            n += done
+            if done < _BATCH:
+                return n
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -40,8 +40,11 @@ Choices, and why:
 - **Checkpoints off the request path.** SQLite's automatic WAL checkpoint runs inside the
   commit that crosses the threshold, and it fsyncs: a few milliseconds in one unlucky
   ``track()``. The threshold is raised (4,000 pages) and the dispatcher runs a PASSIVE
-  checkpoint between claims, which never blocks writers. Durability is unchanged: a
-  checkpoint only copies committed pages from the WAL into the database file.
+  checkpoint between claims, which never blocks writers, nor holds the lock every other
+  SQLite call of the process takes. Durability is unchanged: a checkpoint only copies
+  committed pages from the WAL into the database file.
+- **Pruning in batches.** Old records are deleted 1,000 per transaction, with a pause
+  between two, so a ``track()`` waits for a batch or so, not for the whole backlog.
 - **Claims leave items as text.** A claimed record carries its stored JSON (cut out of the
   event row by SQL); the Meta adapter splices those texts into the request body unparsed.
 """
@@ -51,12 +54,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 from .._errors import ConfigurationError, OutboxError
+from .._json import clean_text
 from ._base import (
     DEAD,
     DELIVERED,
@@ -138,7 +143,22 @@ if hasattr(os, "register_at_fork"):
 
 # Every SQLite call of this process runs under this lock, which fork() waits for (see
 # fork_safe_rlock). SQLite serializes writers anyway, so it costs no concurrency there.
+# One exception, the checkpoint (see _CHECKPOINT_LOCK).
 _LOCK = fork_safe_rlock()
+# The dispatcher's PASSIVE checkpoint copies pages and fsyncs the database: milliseconds,
+# which a track() of this process would wait for under _LOCK. It runs under this lock
+# instead. Why that is safe:
+# - _LOCK is there for fork(): a child must never inherit SQLite's in-process lock state
+#   half changed. fork() waits for this lock too, so it never forks mid-checkpoint either.
+#   (fork takes this lock first, then _LOCK: at-fork "before" hooks run newest first. A
+#   checkpoint never holds both at once, so the order cannot deadlock.)
+# - The checkpoint uses the calling thread's own connection, which no other thread uses;
+#   SQLite lets threads use separate connections at once, unless it was built
+#   single-threaded (sqlite3.threadsafety 0), in which case the checkpoint keeps _LOCK.
+# - A PASSIVE checkpoint takes the WAL's checkpoint lock, never the write lock: commits of
+#   other connections go on meanwhile, exactly as when another process checkpoints.
+_CHECKPOINT_LOCK = fork_safe_rlock()
+_SINGLE_THREADED = sqlite3.threadsafety == 0
 
 # One event as one row: ``heads`` is a JSON array of [platform, batch_key, item length],
 # ``items`` the items' JSON texts joined by RS (see _RS), in the same order. The row is
@@ -165,6 +185,10 @@ _DELIVERY_INSERT = (
 # Events turned into deliveries per transaction: bounds the time a claim holds the write
 # lock (a track() in another process waits for it) when a backlog has built up.
 _MOVE_BATCH = 2_000
+# Deliveries (and expired links) deleted per transaction by prune(). A transaction holds
+# _LOCK (a track() of this process waits) and SQLite's write lock (a track() of another
+# process waits): a backlog of old records goes a bounded batch at a time.
+_PRUNE_BATCH = 1_000
 # Event ids this process queued lately, and for which platforms: a duplicate from the same
 # process is reported without a read. Bounded (10,000 to 20,000 ids); the unique key is
 # what guarantees "once".
@@ -198,6 +222,12 @@ _CLAIMED_ROWS = (
     f" d.created_at, {_ITEM}" + _CLAIMED
 )
 _RS = "\x1e"
+# Events (ids filled in) none of whose deliveries is left, once pruned. Never the newest
+# event: new rowids must stay above ``moved.upto``.
+_DELETE_BARE_EVENTS = (
+    "DELETE FROM events WHERE id IN ({}) AND id < (SELECT max(id) FROM events)"
+    " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_ref = events.id)"
+)
 # Pages the WAL may grow to before a committing connection checkpoints it itself (the
 # SQLite default is 1,000). A checkpoint inside a commit copies the WAL into the database
 # and fsyncs it: milliseconds, which would land in some unlucky track() call. The
@@ -341,24 +371,43 @@ class SQLiteOutbox(Outbox):
             with _LOCK:
                 conn = self._conn()
                 try:
-                    return self._add_event(conn, eid, records, now)
+                    flags, seen = self._add_event(conn, eid, records, now)
                 except sqlite3.Error as exc:
                     raise OutboxError(f"outbox write failed: {exc}") from exc
+                if seen is not None:
+                    self._remember(eid, seen, now)
+                return flags
         groups: dict[str, list[int]] = {}
         for i, r in enumerate(records):
             groups.setdefault(r.event_id, []).append(i)
         added = [False] * len(records)
+        # Remembered only once the transaction committed: an event rolled back must not
+        # look queued to the next add().
+        remember: list[tuple[str, frozenset[str]]] = []
         with self._tx() as conn:
             for event_id, indexes in groups.items():
-                flags = self._add_event(conn, event_id, [records[i] for i in indexes], now)
+                flags, seen = self._add_event(conn, event_id, [records[i] for i in indexes], now)
+                if seen is not None:
+                    remember.append((event_id, seen))
                 for i, flag in zip(indexes, flags, strict=True):
                     added[i] = flag
+        for event_id, seen in remember:
+            self._remember(event_id, seen, now)
         return added
+
+    def _remember(self, eid: str, platforms: frozenset[str], now: float) -> None:
+        """Note that ``eid`` is queued for ``platforms`` (call after the commit)."""
+        recent = self._recent
+        recent[eid] = (platforms, now)
+        if len(recent) >= _RECENT_IDS:
+            self._recent_old, self._recent = recent, {}
 
     def _add_event(
         self, conn: sqlite3.Connection, eid: str, records: Sequence[NewRecord], now: float
-    ) -> list[bool]:
-        """Write one event's new records as one ``events`` row; per record, True if new."""
+    ) -> tuple[list[bool], frozenset[str] | None]:
+        """Write one event's new records as one ``events`` row. Per record, True if new;
+        and the platforms the event is now known to be queued for, for the caller to
+        remember once the write is committed (None: nothing new to remember)."""
         seen: frozenset[str] = _NONE
         fresh = records
         known = self._recent.get(eid) or self._recent_old.get(eid)
@@ -367,12 +416,17 @@ class SQLiteOutbox(Outbox):
             seen = known[0]
             fresh = [r for r in records if r.platform not in seen]
             if not fresh:
-                return [False] * len(records)
+                return [False] * len(records), None
         first = fresh[0]
+        key, name = eid, first.event_name
+        if not (key.isascii() and name.isascii()):
+            # Bound as they are, text UTF-8 cannot encode (a lone surrogate) would fail the
+            # write. The items are cleaned by dumps() (see _json).
+            key, name = clean_text(key), clean_text(name)
         heads, items = _pack(fresh)
         if (
             conn.execute(
-                _EVENT_INSERT, (eid, first.event_name, first.event_time, now, heads, items, eid)
+                _EVENT_INSERT, (key, name, first.event_time, now, heads, items, key)
             ).rowcount
             != 1
         ):
@@ -380,23 +434,18 @@ class SQLiteOutbox(Outbox):
             queued = frozenset(
                 p
                 for (p,) in conn.execute(
-                    "SELECT platform FROM deliveries WHERE event_id = ?", (eid,)
+                    "SELECT platform FROM deliveries WHERE event_id = ?", (key,)
                 )
             )
             seen = seen | queued
             fresh = [r for r in fresh if r.platform not in queued]
             if fresh:
-                conn.execute(
-                    _EVENT_INSERT_ANY, (eid, first.event_name, first.event_time, now, *_pack(fresh))
-                )
-        recent = self._recent
-        recent[eid] = (seen.union([r.platform for r in fresh]), now)
-        if len(recent) >= _RECENT_IDS:
-            self._recent_old, self._recent = recent, {}
+                conn.execute(_EVENT_INSERT_ANY, (key, name, first.event_time, now, *_pack(fresh)))
+        seen = seen.union([r.platform for r in fresh])
         if len(fresh) == len(records):
-            return [True] * len(records)
+            return [True] * len(records), seen
         kept = {id(r) for r in fresh}
-        return [id(r) in kept for r in records]
+        return [id(r) in kept for r in records], seen
 
     def _move(
         self,
@@ -547,11 +596,16 @@ class SQLiteOutbox(Outbox):
         """Copy the WAL back into the database file without blocking anyone (PASSIVE).
 
         Run by the dispatcher between claims, so that ``track()`` (whose connections only
-        checkpoint automatically once the WAL is very large) never pays for it.
+        checkpoint automatically once the WAL is very large) never pays for it. It runs
+        outside the process-wide lock (see _CHECKPOINT_LOCK): a ``track()`` in another
+        thread of this process commits meanwhile.
         """
         try:
             with _LOCK:
-                self._conn().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                # _conn() notices a fork and opens connections: under _LOCK, as always.
+                conn = self._conn()
+            with _CHECKPOINT_LOCK, _LOCK if _SINGLE_THREADED else nullcontext():
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as exc:
             raise OutboxError(f"outbox checkpoint failed: {exc}") from exc
 
@@ -684,28 +738,72 @@ class SQLiteOutbox(Outbox):
         return found if isinstance(found, dict) else None
 
     def prune(self, now: float) -> int:
+        # "status IN (...)" lets SQLite use the partial index deliveries_done.
         old = (
-            "FROM deliveries WHERE (status = 'delivered' AND updated_at < ?)"
-            " OR (status = 'dead' AND updated_at < ?)"
+            "SELECT id, event_ref FROM deliveries WHERE status IN ('delivered', 'dead')"
+            " AND status = ? AND updated_at < ? LIMIT ?"
         )
-        args = (now - self.options.retention, now - self.options.dead_retention)
-        with self._tx() as conn:
-            refs = [r for (r,) in conn.execute(f"SELECT DISTINCT event_ref {old}", args)]
-            n = conn.execute(f"DELETE {old}", args).rowcount
-            # Then the events none of whose deliveries is left. Never the newest event:
-            # new rowids must stay above ``moved.upto``.
-            for i in range(0, len(refs), 500):
-                part = refs[i : i + 500]
-                conn.execute(
-                    f"DELETE FROM events WHERE id IN ({','.join('?' * len(part))})"
-                    " AND id < (SELECT max(id) FROM events)"
-                    " AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_ref = events.id)",
-                    part,
-                )
-            n += conn.execute("DELETE FROM links WHERE expires_at <= ?", (now,)).rowcount
-        # Pruned event ids may be queued again: forget what this process saw.
-        self._recent, self._recent_old = {}, {}
+        cuts = (
+            (DELIVERED, now - self.options.retention),
+            (DEAD, now - self.options.dead_retention),
+        )
+        n = 0
+        try:
+            # One bounded transaction per batch (see _PRUNE_BATCH), and _LOCK released
+            # between them (see _make_way). IMMEDIATE: a transaction that reads first
+            # cannot take the write lock once another connection has committed meanwhile
+            # (SQLITE_BUSY at once, without waiting).
+            for status, cut in cuts:
+                while True:
+                    started = time.monotonic()
+                    with self._tx(immediate=True) as conn:
+                        found = conn.execute(old, (status, cut, _PRUNE_BATCH)).fetchall()
+                        _delete_in(
+                            conn, "DELETE FROM deliveries WHERE id IN ({})", [r[0] for r in found]
+                        )
+                        # Then the events none of whose deliveries is left.
+                        _delete_in(conn, _DELETE_BARE_EVENTS, sorted({r[1] for r in found}))
+                    n += len(found)
+                    if len(found) < _PRUNE_BATCH:
+                        break
+                    self._make_way(started)
+            # Expired links, the same way. No index on expires_at: walk the rowids once.
+            last = 0
+            while True:
+                started = time.monotonic()
+                with self._tx(immediate=True) as conn:
+                    found = conn.execute(
+                        "SELECT rowid FROM links WHERE rowid > ? AND expires_at <= ?"
+                        " ORDER BY rowid LIMIT ?",
+                        (last, now, _PRUNE_BATCH),
+                    ).fetchall()
+                    _delete_in(conn, "DELETE FROM links WHERE rowid IN ({})", [r[0] for r in found])
+                n += len(found)
+                if len(found) < _PRUNE_BATCH:
+                    break
+                last = found[-1][0]
+                self._make_way(started)
+        finally:
+            # Pruned event ids may be queued again: forget what this process saw.
+            self._recent, self._recent_old = {}, {}
         return n
+
+    def _make_way(self, started: float) -> None:
+        """Between two batches of a long write (see prune): checkpoint, then pause.
+
+        The checkpoint (off _LOCK) keeps the WAL small, so that no commit, a track()'s
+        least of all, crosses the automatic checkpoint's threshold and copies the pages
+        of many batches at once. The pause lasts as long as the batch did (at most 50
+        ms), so that writers waiting for it get their turn: a thread of this process
+        waiting for _LOCK (a lock released and at once taken again by the same thread
+        rarely goes to a waiter), or another process in SQLite's busy handler, which
+        sleeps a few milliseconds between tries and would otherwise wake up to the lock
+        held again.
+        """
+        took = time.monotonic() - started
+        with suppress(OutboxError):
+            self.checkpoint()
+        time.sleep(min(took, 0.05))
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads end, or when the
@@ -736,6 +834,14 @@ def _thread_ended(
     _close_own([entry])
     with suppress(ValueError):
         opened.remove(entry)
+
+
+def _delete_in(conn: sqlite3.Connection, sql: str, ids: Sequence[int]) -> None:
+    """Run ``sql`` (an ``IN ({})`` statement) over ``ids``, 500 parameters at a time
+    (older SQLite builds allow at most 999 in one statement)."""
+    for i in range(0, len(ids), 500):
+        part = ids[i : i + 500]
+        conn.execute(sql.format(",".join("?" * len(part))), part)
 
 
 def _pack(records: Sequence[NewRecord]) -> tuple[str, str]:
