@@ -366,3 +366,15 @@ def test_bad_outbox_option_fails_at_construction(option: str, value: str) -> Non
             Settings(secret_key=KEY, outbox=f"{url}?{option}={value}")
     ok = Settings(secret_key=KEY, outbox=f"memory://?{option}=60&prefix=x")
     assert ok.outbox.endswith("prefix=x")  # the store checks its own options when opened
+
+
+@pytest.mark.parametrize("field", ["cookie_max_age", "meta_cookie_max_age"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -5, 0, 0.5, "12", True])
+def test_cookie_lifetimes_are_positive_whole_seconds(field: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match="must be a positive number of seconds"):
+        Settings(secret_key=KEY, **{field: value})  # type: ignore[arg-type]
+
+
+def test_cookie_lifetimes_kept_as_whole_seconds() -> None:
+    s = Settings(secret_key=KEY, cookie_max_age=3600.7, meta_cookie_max_age=86400)  # type: ignore[arg-type]
+    assert s.cookie_max_age == 3600 and s.meta_cookie_max_age == 86400

@@ -388,8 +388,18 @@ class Settings:
         _set(self, "secret_key", secrets)
         if not re.fullmatch(r"[A-Za-z0-9_\-.]{1,64}", self.cookie_name):
             raise ConfigurationError("TRACKING_COOKIE_NAME must be a plain cookie name")
-        if int(self.cookie_max_age) <= 0:
-            raise ConfigurationError("TRACKING_COOKIE_MAX_AGE must be a positive number of seconds")
+        # Whole seconds (Max-Age is an integer); NaN and infinity are not numbers of seconds.
+        for name, label in (
+            ("cookie_max_age", "TRACKING_COOKIE_MAX_AGE"),
+            ("meta_cookie_max_age", "meta_cookie_max_age"),
+        ):
+            try:
+                seconds = _number(getattr(self, name), label)
+            except ConfigurationError:
+                raise ConfigurationError(f"{label} must be a positive number of seconds") from None
+            _set(self, name, int(seconds))
+            if int(seconds) <= 0:
+                raise ConfigurationError(f"{label} must be a positive number of seconds")
         if self.cookie_domain is not None and not re.fullmatch(
             r"\.?[A-Za-z0-9\-.]{1,253}", self.cookie_domain
         ):
