@@ -165,3 +165,12 @@ def test_contents_that_are_not_a_list_of_dicts(contents: Any) -> None:
     with pytest.raises(InvalidEvent) as info:
         Event(name="AddToCart", contents=contents)
     assert info.value.field == "contents"
+
+
+def test_text_utf8_cannot_encode_is_cleaned_in_the_event() -> None:
+    # What the outbox and the platforms get (U+FFFD for a lone surrogate), the event and its
+    # receipt say too.
+    raw = b"pedido-caf\xe9".decode("utf-8", "surrogateescape")
+    ev = Event(name="Compra " + raw, event_id=raw)
+    assert ev.event_id == "pedido-caf\ufffd" and ev.name == "Compra pedido-caf\ufffd"
+    assert Event(name="Lead", event_id="plain-1").event_id == "plain-1"

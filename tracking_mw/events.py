@@ -16,6 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ._errors import InvalidEvent
+from ._json import clean_text
 from ._normalize import json_number
 
 __all__ = ["Event", "UserData"]
@@ -195,7 +196,9 @@ class Event:
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise InvalidEvent("event name must be a non-empty string", field="name")
-        name = name.strip()
+        # The outbox and the platforms get text UTF-8 can encode (a lone surrogate becomes
+        # U+FFFD there): the event, and the receipt made from it, say the same.
+        name = clean_text(name.strip())
         if value is not None:
             value = _decimal(value)
         if currency is not None:
@@ -215,6 +218,8 @@ class Event:
             raise InvalidEvent("event_id must be a non-empty string", field="event_id")
         elif len(event_id) > 128:
             raise InvalidEvent("event_id is longer than 128 characters", field="event_id")
+        else:
+            event_id = clean_text(event_id)
         now = time.time()
         when: Any = now if event_time is None else event_time
         if when.__class__ is not float or when != when:
