@@ -55,6 +55,7 @@ class Box(SQLiteOutbox):
         self.claim_takes = claim_takes
         self.lease_ends: dict[str, float] = {}
         self.fail: collections.Counter[str] = collections.Counter()
+        self.acks: list[list[str]] = []
 
     def _maybe_fail(self, method: str) -> None:
         if self.fail[method]:
@@ -71,6 +72,7 @@ class Box(SQLiteOutbox):
 
     def ack(self, records: Sequence[Claimed], *args: Any) -> None:
         self._maybe_fail("ack")
+        self.acks.append([c.event_id for c in records])
         super().ack(records, *args)
 
     def bury(self, records: Sequence[Claimed], *args: Any) -> None:
@@ -196,6 +198,38 @@ def test_each_outcome_is_in_the_outbox_before_the_next_request(tmp_path: Path) -
     assert unsettled == []
     assert [sent for sent, _ in platform.requests] == [[i] for i in ids]
     assert box.statuses() == {**dict.fromkeys(ids, "delivered"), "e02": "dead"}
+
+
+def test_a_fast_platforms_outcomes_share_a_write_made_before_the_next_claim(
+    tmp_path: Path,
+) -> None:
+    # One event per request, answered in 1 ms each: a write per request would cost a
+    # transaction each. They are written together, and before the next claim.
+    clock = Clock()
+    box = Box(tmp_path / "o.sqlite3", clock)
+    ids = fill(box, 40)
+    platform = Platform(box, clock, latency=0.001)
+    at_second_claim: dict[str, str] = {}
+
+    def check(request_ids: list[str]) -> None:
+        if request_ids == ["e32"]:  # the first request of the second claim (32 per claim)
+            at_second_claim.update(box.statuses())
+
+    platform.check = check
+    d = Dispatcher(
+        box,
+        {"test": JsonAdapter()},
+        config(),
+        Metrics(),
+        transport=httpx.MockTransport(platform),
+        clock=clock,
+    )
+    run_until_idle(d)
+    assert box.statuses() == dict.fromkeys(ids, "delivered")
+    assert sorted(i for group in box.acks for i in group) == ids
+    # 40 answers within 50 ms of the last write: one write per claim, not 40.
+    assert [len(group) for group in box.acks] == [32, 8]
+    assert [at_second_claim[i] for i in ids[:32]] == ["delivered"] * 32
 
 
 def test_the_lease_is_reckoned_from_before_a_slow_claim(tmp_path: Path) -> None:
@@ -378,3 +412,35 @@ def test_http_401_and_403_are_not_split_on_any_platform(tmp_path: Path) -> None:
     run_until_idle(d)
     assert requests == [4, 4]
     assert set(box.statuses().values()) == {"dead"}
+
+
+def test_a_request_unanswered_near_the_lease_end_is_cut_short(tmp_path: Path) -> None:
+    # A platform that does not answer within the lease: the request is abandoned at 95% of
+    # it and the record rescheduled, before another dispatcher could claim and send it.
+    box = SQLiteOutbox(str(tmp_path / "o.sqlite3"))
+    now = time.time()
+    box.add([NewRecord("test", "slow-1", "Lead", "", now, {"id": "slow-1"})], now)
+    started: list[float] = []
+    ended: list[float] = []
+
+    async def never_answers(request: httpx.Request) -> httpx.Response:
+        started.append(time.monotonic())
+        try:
+            await asyncio.sleep(30)
+        finally:
+            ended.append(time.monotonic())
+        return httpx.Response(200)
+
+    d = Dispatcher(
+        box,
+        {"test": JsonAdapter()},
+        config(lease_seconds=1.0, timeout=20.0, backoff_base=30.0, backoff_cap=60.0),
+        Metrics(),
+        transport=httpx.MockTransport(never_answers),
+    )
+    run_until_idle(d)
+    assert len(started) == 1 and len(ended) == 1
+    # Cut short (at 95% of the 1 s lease), not left for the platform's 30 s.
+    assert ended[0] - started[0] < 10
+    [view] = box.recent(10)
+    assert view.status == "retrying" and view.last_error == "no answer before the lease's end"
