@@ -779,3 +779,33 @@ def test_a_second_lifespan_starts_delivery_again() -> None:
         asyncio.run(one_lifespan(app, "first", 1))
         asyncio.run(one_lifespan(app, "second", 2))
     assert len(fake.events("kwai")) == 2
+
+
+# The scenario itself leaves a dispatcher coroutine pending on a closed loop: its collection
+# is reported as unraisable, which is what such a test setup does, not a failure here.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_loop_closed_without_cancelling_its_tasks_does_not_stop_delivery() -> None:
+    # pytest-asyncio's old event_loop fixture closed each test's loop with the dispatcher
+    # task still pending (no done callback ever runs): the next loop must start its own.
+    import gc
+    import warnings
+
+    def two_loops() -> None:
+        mw = TrackingMiddleware(starlette_app(), make_settings(start_dispatcher=True))
+
+        async def one_request() -> None:
+            async with asgi_client(mw) as c:
+                assert (await c.get("/")).status_code == 200
+
+        for _ in range(2):
+            loop = asyncio.new_event_loop()
+            loop.run_until_complete(one_request())
+            rt: Any = mw._runtime
+            assert rt._task_loop is loop and not rt._task.done()
+            loop.close()
+        mw._runtime.close()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Task was destroyed but it is pending"
+        two_loops()
+        gc.collect()  # the abandoned tasks go now, under this test's warning filter

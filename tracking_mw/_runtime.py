@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import httpx
 
-from .config import Settings
+from .config import Settings, outbox_identity
 from .delivery import Dispatcher, Metrics, Outbox, ThreadDispatcher, open_outbox
 from .delivery._base import fork_safe_rlock
 from .delivery.metrics import register_prometheus
@@ -76,7 +76,7 @@ class Runtime:
             and settings.outbox_spool
             and settings.outbox.startswith(("redis://", "rediss://"))
         ):
-            self.spool = Spool(settings.outbox_spool, self.outbox)
+            self.spool = Spool(settings.outbox_spool, self.outbox, outbox_identity(settings.outbox))
             self.spool.resume()
         self.metrics = Metrics()
         self.tracker = Tracker(self)
@@ -138,6 +138,8 @@ class Runtime:
         ``on_stop()`` is called when the dispatcher task ends, for whatever reason.
         """
         self._started = True
+        if self.spool is not None:
+            self.spool.resume()  # a worker forked after the runtime was made (--preload)
         if not self.settings.start_dispatcher or not self.adapters:
             return
         loop = asyncio.get_running_loop()
@@ -178,6 +180,8 @@ class Runtime:
         child: the pid check notices and the child starts its own.
         """
         if not self.settings.start_dispatcher or not self.adapters:
+            if self.spool is not None:
+                self.spool.resume()  # once per process: a dict lookup after that
             return
         thread = self._thread
         if thread is not None and thread.alive:
@@ -192,6 +196,8 @@ class Runtime:
                 self._thread = None
             if self._thread is not None and self._thread.alive:
                 return
+            if self.spool is not None:
+                self.spool.resume()  # a worker forked after the runtime was made (--preload)
             self._thread = ThreadDispatcher(self.make_dispatcher)
             self._thread.start()
             if not self._atexit:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+from asyncio.events import _get_running_loop
 from collections.abc import Awaitable
 from typing import Unpack
 from urllib.parse import quote
@@ -94,6 +95,9 @@ def _latin1(cookie: str) -> bytes:
     return cookie.encode("latin-1")
 
 
+# The running loop or None (never raises: under trio there is none, and none changes).
+_running_loop = _get_running_loop
+
 # RequestParts is a named tuple: its fields in order, straight into tuple.__new__.
 _new_parts = tuple.__new__
 
@@ -151,8 +155,10 @@ class TrackingMiddleware:
         self.settings = settings
         self._core = Core(settings, self._runtime, _parts, _latin1)
         self._recall = self._core.recall
-        # Set once, never per request: whether the runtime has been started.
+        # Set at startup, never per request: whether the runtime has been started, and on
+        # which event loop (a new loop, e.g. a test's, starts its dispatcher again).
         self._started = False
+        self._loop: object = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -162,7 +168,7 @@ class TrackingMiddleware:
             else:
                 await self.app(scope, receive, send)
             return
-        if not self._started:
+        if not self._started or self._loop is not _running_loop():
             await self._startup()
         state: RequestState | Deferred | None = None
         cookies: list[str] = []
@@ -201,6 +207,7 @@ class TrackingMiddleware:
 
     async def _startup(self) -> None:
         self._started = True
+        self._loop = _running_loop()
         try:
             # When the dispatcher ends (shutdown, or its event loop closed: a test client
             # without lifespan runs each request on a loop of its own), the next lifespan

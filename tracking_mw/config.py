@@ -437,8 +437,11 @@ class Settings:
                 "TRACKING_OUTBOX must be sqlite:///path, redis://host:port/db or memory://"
             )
         _check_outbox_options(self.outbox)
-        if self.outbox_spool is not None and not str(self.outbox_spool).strip():
-            _set(self, "outbox_spool", None)
+        if self.outbox_spool is not None:
+            if not isinstance(self.outbox_spool, str):
+                raise ConfigurationError("TRACKING_OUTBOX_SPOOL must be a file path, or off")
+            if not self.outbox_spool.strip():
+                _set(self, "outbox_spool", None)
 
     def __repr__(self) -> str:
         # The dataclass repr, with the outbox URL's password masked as credentials are:
@@ -622,15 +625,32 @@ def _text(value: str, name: str) -> str:
 
 
 def _without_password(url: str) -> str:
-    """``url`` with the password of its ``user:password@`` part (if any) shown as ``***``."""
+    """``url`` with its password shown as ``***``: that of a ``user:password@`` part, and a
+    ``password=`` option (redis-py reads both)."""
     head, sep, rest = url.partition("://")
-    netloc = rest.split("/", 1)[0].split("?", 1)[0]
-    if not sep or "@" not in netloc:
+    if not sep:
         return url
-    userinfo, host = netloc.rsplit("@", 1)
-    # user:password keeps the user; a lone part may be a password written in the wrong place.
-    shown = userinfo.split(":", 1)[0] + ":***" if ":" in userinfo else "***"
-    return f"{head}://{shown}@{host}{rest[len(netloc) :]}"
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    after = rest[len(netloc) :]
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        # user:password keeps the user; a lone part may be a password in the wrong place.
+        shown = userinfo.split(":", 1)[0] + ":***" if ":" in userinfo else "***"
+        netloc = f"{shown}@{host}"
+    path, qsep, query = after.partition("?")
+    if qsep:
+        options = [
+            o.split("=", 1)[0] + "=***" if o.split("=", 1)[0].lower() == "password" else o
+            for o in query.split("&")
+        ]
+        after = path + "?" + "&".join(options)
+    return f"{head}://{netloc}{after}"
+
+
+def outbox_identity(url: str) -> str:
+    """``url`` without its password (in ``user:password@`` or a ``password=`` option): what
+    names an outbox in logs, in ``repr(Settings)`` and in a spool file several share."""
+    return _without_password(url)
 
 
 def _path_or_off(value: str, name: str) -> str | None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._context import current_state
-from ._errors import ConfigurationError, InvalidEvent
+from ._errors import ConfigurationError, InvalidEvent, OutboxError
 from .attribution import Attribution
 from .delivery._base import NewRecord
 from .events import Event, UserData
@@ -179,7 +179,9 @@ class Tracker:
         try:
             added = rt.outbox.add(records, time.time())
         except Exception as exc:
-            if spool is not None:
+            # An outage (OutboxError: refused, timed out) is spooled; anything else is this
+            # event's own problem, which a spooled copy would only repeat at every forward.
+            if spool is not None and isinstance(exc, OutboxError):
                 return self._spooled(eid, records, skipped, exc)
             return self._failed(eid, records, skipped, exc)
         if self._failing:

@@ -245,14 +245,14 @@ def test_forwarding_twice_delivers_once(redis_box: _Redis, tmp_path: Path) -> No
     # (platform, event_id) keeps one.
     rt = _runtime(redis_box.url, None)
     try:
-        one = Spool(str(tmp_path / "s.db"), rt.outbox)
-        two = Spool(str(tmp_path / "s.db"), rt.outbox)
+        one = Spool(str(tmp_path / "s.db"), rt.outbox, "box")
+        two = Spool(str(tmp_path / "s.db"), rt.outbox, "box")
         record = NewRecord("a", "dup-1", "Lead", "a", time.time(), {"n": 1})
         one.put([record])
         two.put([record])
         one.close()
         two.close()
-        again = Spool(str(tmp_path / "s.db"), rt.outbox)
+        again = Spool(str(tmp_path / "s.db"), rt.outbox, "box")
         assert again.pending() == 2
         assert again.forward() == 2
         assert again.pending() == 0
@@ -297,3 +297,146 @@ def test_spool_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     # A spool in a directory that does not exist fails at startup, naming the variable.
     with pytest.raises(ConfigurationError, match="TRACKING_OUTBOX_SPOOL"):
         _runtime("redis://127.0.0.1:1/0", tmp_path / "missing" / "s.db")
+
+
+def test_a_row_spooled_while_another_forwarder_works_is_never_deleted(
+    redis_box: _Redis, tmp_path: Path
+) -> None:
+    # Forwarder A reads rows 1-3 and waits on Redis; forwarder B (another process) moves
+    # them and deletes them; track() spools a new event. When A deletes "its" rows, the new
+    # one must survive: row ids are never reused.
+    rt = _runtime(redis_box.url, None)
+    path = str(tmp_path / "s.db")
+    try:
+        a_box = _Interleaved(rt.outbox)
+        a = Spool(path, a_box, "box")  # type: ignore[arg-type]
+        b = Spool(path, rt.outbox, "box")
+        for i in range(3):
+            a.put([NewRecord("a", f"old-{i}", "Lead", "a", time.time(), {"n": i})])
+        a.close()  # no forwarder thread: this test moves the rows itself
+        a = Spool(path, a_box, "box")  # type: ignore[arg-type]
+
+        def meanwhile() -> None:
+            assert b.forward() == 3
+            b.put([NewRecord("a", "NEW", "Lead", "a", time.time(), {"n": 9})])
+
+        a_box.meanwhile = meanwhile
+        assert a.forward() == 4  # its three, then the new one in a second batch
+        assert b.pending() == 0
+        claimed = rt.outbox.claim("a", 100, 60.0, time.time())
+        assert sorted(c.event_id for c in claimed) == ["NEW", "old-0", "old-1", "old-2"]
+        a.close()
+        b.close()
+    finally:
+        rt.close()
+
+
+class _Interleaved:
+    """An outbox whose first add() lets ``meanwhile`` run before it writes."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self.meanwhile: Callable[[], None] | None = None
+
+    def add(self, records: Any, now: float) -> list[bool]:
+        step, self.meanwhile = self.meanwhile, None
+        if step is not None:
+            step()
+        return self.outbox.add(records, now)
+
+
+def test_outboxes_sharing_a_spool_file_move_only_their_own(
+    redis_box: _Redis, tmp_path: Path
+) -> None:
+    shop = _runtime(redis_box.url, None)
+    blog = _runtime(redis_box.url, None)
+    path = str(tmp_path / "shared.db")
+    try:
+        shop_spool = Spool(path, shop.outbox, "redis://shop")
+        blog_spool = Spool(path, blog.outbox, "redis://blog")
+        shop_spool.put([NewRecord("a", "shop-1", "Lead", "a", time.time(), {})])
+        blog_spool.put([NewRecord("a", "blog-1", "Lead", "a", time.time(), {})])
+        shop_spool.close()
+        blog_spool.close()
+        blog_spool = Spool(path, blog.outbox, "redis://blog")
+        assert blog_spool.pending() == 1 and blog_spool.forward() == 1
+        assert [c.event_id for c in blog.outbox.claim("a", 10, 60.0, time.time())] == ["blog-1"]
+        assert shop.outbox.claim("a", 10, 60.0, time.time()) == []
+        shop_spool = Spool(path, shop.outbox, "redis://shop")
+        assert shop_spool.pending() == 1
+        blog_spool.close()
+        shop_spool.close()
+    finally:
+        shop.close()
+        blog.close()
+
+
+def test_a_worker_forked_later_forwards_what_a_dead_worker_left(
+    redis_box: _Redis, tmp_path: Path
+) -> None:
+    # gunicorn --preload: the master makes the runtime, workers are forked from it. A worker
+    # that spooled during an outage and died leaves rows no running worker knows about.
+    import signal
+    import warnings
+
+    path = tmp_path / "spool.sqlite3"
+    rt = _runtime(redis_box.url, path)  # no file yet: nothing to resume in the "master"
+    left = Spool(str(path), rt.outbox, rt.spool.name if rt.spool else "")
+    left.put([NewRecord("a", "left-by-a-dead-worker", "Lead", "a", time.time(), {})])
+    left.close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: by design
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the new worker
+        code = 1
+        signal.alarm(30)
+        try:
+            rt.ensure_thread_dispatcher()  # its first request (WSGI), or startup() (ASGI)
+            assert rt.spool is not None
+            deadline = time.monotonic() + 20
+            while rt.spool.pending() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            code = 0 if rt.spool.pending() == 0 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    try:
+        assert os.waitstatus_to_exitcode(status) == 0
+        claimed = rt.outbox.claim("a", 10, 60.0, time.time())
+        assert [c.event_id for c in claimed] == ["left-by-a-dead-worker"]
+    finally:
+        rt.close()
+
+
+def test_only_an_outage_is_spooled(redis_box: _Redis, tmp_path: Path) -> None:
+    # An error that is the event's own (not the outbox's) would fail again at every forward
+    # and hold every later event in the spool: it is reported on the receipt instead.
+    rt = _runtime(redis_box.url, tmp_path / "s.db")
+
+    def broken(records: Any, now: float) -> list[bool]:
+        raise TypeError("not JSON")
+
+    rt.outbox.add = broken  # type: ignore[method-assign]
+    try:
+        r = rt.tracker.track("Lead", event_id="own-problem", attribution=ATT)
+        assert not r.ok and r.error == "outbox error: TypeError" and r.queued == ()
+        assert rt.spool is not None and not rt.spool.engaged
+        assert not (tmp_path / "s.db").exists()
+    finally:
+        rt.close()
+
+
+def test_a_closed_spool_stops_and_stays_closed(redis_box: _Redis, tmp_path: Path) -> None:
+    rt = _runtime(redis_box.url, None)
+    try:
+        s = Spool("relative-spool.sqlite3", rt.outbox, "box")
+        assert os.path.isabs(s.path)  # fixed at startup: a later chdir changes nothing
+        s = Spool(str(tmp_path / "s.db"), rt.outbox, "box")
+        s.put([NewRecord("a", "kept", "Lead", "a", time.time(), {})])
+        s.close()
+        assert s.forward() == 0  # stopped: moves nothing more
+        with pytest.raises(Exception, match="closed"):
+            s.put([NewRecord("a", "late", "Lead", "a", time.time(), {})])
+        assert Spool(str(tmp_path / "s.db"), rt.outbox, "box").pending() == 1
+    finally:
+        rt.close()

@@ -2,7 +2,7 @@
 
 Why: a Redis outbox lives on another machine. While it is down, each ``track()`` would lose
 its event (the receipt would report the error), and while it hangs, each would wait out the
-client's socket timeout (2 s) in the request. With a spool, the first failure moves
+client's socket timeout (2 s) in the request. With a spool, the first outage error moves
 ``track()`` to a SQLite file on this host (one local commit, as with the SQLite outbox) and
 Redis is not tried again in the request path until the spool has been moved into it.
 
@@ -10,11 +10,15 @@ A forwarder thread of this process moves the spool into the outbox, retrying wit
 (from :data:`FIRST_WAIT` up to :data:`MAX_WAIT` seconds); when the spool is empty, ``track()``
 writes to the outbox again. A forward is an ordinary ``add``: the outbox's uniqueness of
 ``(platform, event_id)`` makes a record forwarded twice (a crash between the ``add`` and the
-spool's delete, two processes forwarding the same file) one delivery. A process that starts
-and finds spooled records (the last one exited during an outage) forwards them.
+spool's delete, two processes forwarding the same rows) one delivery. Row ids are never
+reused (AUTOINCREMENT), so a forwarder's delete never removes a row spooled after it read.
 
-Every process of a host may share one spool file (SQLite locking, WAL). Nothing here raises
-into ``track()``: a spool that cannot be written either is reported on the receipt.
+Every process of a host may share one spool file (SQLite locking, WAL), and so may several
+outboxes: each row names its outbox (its URL without password), and a spool moves only its
+own. A process that starts, or a worker forked from a master that made the runtime
+(gunicorn ``--preload``), forwards what an earlier process left (:meth:`Spool.resume`).
+Nothing here raises into ``track()``: a spool that cannot be written either is reported on
+the receipt.
 """
 
 from __future__ import annotations
@@ -42,10 +46,12 @@ _FORWARD_BATCH = 100
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    outbox TEXT NOT NULL,
     spooled_at REAL NOT NULL,
     records TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS spool_outbox ON spool (outbox, id);
 """
 
 
@@ -59,21 +65,31 @@ def _decode(text: str) -> list[NewRecord]:
 
 class Spool:
     """The local spool of one outbox (see the module docstring): ``path`` is the SQLite
-    file, ``outbox`` the shared outbox its records are moved into."""
+    file, ``outbox`` the shared outbox its records are moved into, ``name`` what tells that
+    outbox's rows from another's in a shared file (its URL without password)."""
 
-    def __init__(self, path: str, outbox: Outbox) -> None:
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
+    def __init__(self, path: str, outbox: Outbox, name: str) -> None:
+        # Absolute now: a process that changes directory later still uses this file.
+        path = os.path.abspath(path)
+        if not os.path.isdir(os.path.dirname(path)):
             raise ConfigurationError(
-                f"TRACKING_OUTBOX_SPOOL: directory does not exist: {directory}"
+                f"TRACKING_OUTBOX_SPOOL: directory does not exist: {os.path.dirname(path)}"
             )
+        if os.path.isdir(path):
+            raise ConfigurationError(f"TRACKING_OUTBOX_SPOOL is a directory: {path}")
         self.path = path
+        self.name = name
         self.outbox = outbox
         self._lock = fork_safe_rlock()
         self._conn: sqlite3.Connection | None = None
+        # Connections of a parent process, kept referenced and never used or closed here:
+        # closing one in a forked child could disturb the parent's SQLite locks.
+        self._inherited: list[sqlite3.Connection] = []
         self._pid = os.getpid()
+        self._resumed_pid: int | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._closed = False
         # True while the outbox is failing: track() writes here without trying it.
         self.engaged = False
         self.wait = FIRST_WAIT
@@ -82,7 +98,12 @@ class Spool:
 
     def _db(self) -> sqlite3.Connection:
         # Called with self._lock held. A forked child opens its own connection.
-        if self._conn is None or self._pid != os.getpid():
+        if self._closed:
+            raise sqlite3.ProgrammingError("the spool is closed")
+        if self._conn is not None and self._pid != os.getpid():
+            self._inherited.append(self._conn)
+            self._conn = None
+        if self._conn is None:
             self._pid = os.getpid()
             self._thread = None
             conn = sqlite3.connect(
@@ -100,48 +121,70 @@ class Spool:
         text = _encode(records)
         with self._lock:
             self._db().execute(
-                "INSERT INTO spool (spooled_at, records) VALUES (?, ?)", (time.time(), text)
+                "INSERT INTO spool (outbox, spooled_at, records) VALUES (?, ?, ?)",
+                (self.name, time.time(), text),
             )
             self.engaged = True
             self._ensure_forwarder()
 
     def pending(self) -> int:
-        """Records waiting in the spool (all processes sharing the file)."""
+        """Records of this outbox waiting in the spool (all processes sharing the file)."""
         with self._lock:
-            rows = self._db().execute("SELECT records FROM spool").fetchall()
+            rows = (
+                self._db()
+                .execute("SELECT records FROM spool WHERE outbox = ?", (self.name,))
+                .fetchall()
+            )
         return sum(len(loads(r[0])) for r in rows)
 
     def forward(self) -> int:
-        """Move everything spooled into the outbox; the number of records moved. Raises
-        (``OutboxError`` and the like) when the outbox still fails: what was moved stays moved.
-        """
+        """Move this outbox's spooled records into it; the number of records moved. Raises
+        (``OutboxError`` and the like) when the outbox still fails: what was moved stays
+        moved. Stops between batches once :meth:`close` was called."""
         moved = 0
-        while True:
+        while not self._stop.is_set():
             with self._lock:
                 rows = (
                     self._db()
-                    .execute("SELECT id, records FROM spool ORDER BY id LIMIT ?", (_FORWARD_BATCH,))
+                    .execute(
+                        "SELECT id, records FROM spool WHERE outbox = ? ORDER BY id LIMIT ?",
+                        (self.name, _FORWARD_BATCH),
+                    )
                     .fetchall()
                 )
             if not rows:
-                return moved
+                break
             records = [rec for _, text in rows for rec in _decode(text)]
             # Outside the lock: track() may spool meanwhile while this waits on the outbox.
             self.outbox.add(records, time.time())
             with self._lock:
                 self._db().executemany("DELETE FROM spool WHERE id = ?", [(r[0],) for r in rows])
             moved += len(records)
+        return moved
+
+    def _is_empty(self) -> bool:
+        # Called with self._lock held.
+        row = (
+            self._db()
+            .execute("SELECT 1 FROM spool WHERE outbox = ? LIMIT 1", (self.name,))
+            .fetchone()
+        )
+        return row is None
 
     # -- forwarder ----------------------------------------------------------------------
 
     def resume(self) -> None:
-        """Forward what an earlier process left in the spool file, if anything."""
+        """Forward what an earlier process left in the spool file, if anything. Once per
+        process: call it at startup, and again in a forked child (it checks the pid)."""
+        pid = os.getpid()
+        if self._resumed_pid == pid:
+            return
+        self._resumed_pid = pid
         if not os.path.exists(self.path):
             return  # never needed yet: no file is made until an outage needs one
         try:
             with self._lock:
-                found = self._db().execute("SELECT 1 FROM spool LIMIT 1").fetchone()
-                if found:
+                if not self._is_empty():
                     self.engaged = True
                     self._ensure_forwarder()
         except sqlite3.Error as exc:
@@ -160,22 +203,22 @@ class Spool:
         while not self._stop.wait(self.wait):
             try:
                 moved = self.forward()
-            except Exception as exc:  # the outbox still fails: wait longer, never die
+                with self._lock:
+                    if self._stop.is_set() or not self._is_empty():
+                        continue
+                    # Under the lock: a put() after this starts a new forwarder.
+                    self.engaged = False
+                    self._thread = None
+            except Exception as exc:  # the outbox (or the file) still fails: wait, never die
                 self.wait = min(self.wait * 2, MAX_WAIT)
                 log.warning(
                     "tracking_mw: the outbox still fails (%s); events stay in the spool",
                     type(exc).__name__,
                 )
                 continue
-            with self._lock:
-                empty = self._db().execute("SELECT 1 FROM spool LIMIT 1").fetchone() is None
-                if empty:
-                    # Under the lock: a put() after this starts a new forwarder.
-                    self.engaged = False
-                    self._thread = None
-                    if moved:
-                        log.warning("tracking_mw: the spooled events are in the outbox now")
-                    return
+            if moved:
+                log.warning("tracking_mw: the spooled events are in the outbox now")
+            return
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the forwarder (what is spooled stays in the file) and close the file."""
@@ -184,6 +227,7 @@ class Spool:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         with self._lock:
+            self._closed = True
             if self._conn is not None and self._pid == os.getpid():
                 self._conn.close()
             self._conn = None
