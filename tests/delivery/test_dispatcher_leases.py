@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from tracking_mw._errors import OutboxError
 from tracking_mw.config import DeliveryConfig, Settings
 from tracking_mw.delivery import Claimed, Dispatcher, Metrics, NewRecord
 from tracking_mw.delivery.sqlite import SQLiteOutbox
-from tracking_mw.platforms import Adapter, build_adapters
+from tracking_mw.platforms import Adapter, Outcome, build_adapters
 from tracking_mw.testing import FakePlatforms
 
 from ._helpers import JsonAdapter
@@ -444,3 +445,157 @@ def test_a_request_unanswered_near_the_lease_end_is_cut_short(tmp_path: Path) ->
     assert ended[0] - started[0] < 10
     [view] = box.recent(10)
     assert view.status == "retrying" and view.last_error == "no answer before the lease's end"
+
+
+def test_an_answer_trickling_in_is_cut_at_the_lease_end_however_early_it_began(
+    tmp_path: Path,
+) -> None:
+    # httpx times each read: an answer whose bytes come slowly, each within the timeout,
+    # outlasts it. Started at the beginning of a lease, it is still cut near its end, and
+    # the record is sent again once, by whoever claims it next.
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        listener.settimeout(0.1)
+        first = True
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            slow, first = first, False
+            with conn:
+                try:
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+                    for _ in range(10):
+                        if slow:
+                            time.sleep(0.3)  # each byte well within the 0.4 s read timeout
+                        conn.sendall(b"k")
+                except OSError:  # the client gave up on it
+                    continue
+                answered.append("slow" if slow else "fast")
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    box = SQLiteOutbox(str(tmp_path / "o.sqlite3"))
+    now = time.time()
+    box.add([NewRecord("test", "e00", "Lead", "", now, {"id": "e00"})], now)
+    base = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    cfg = config(lease_seconds=2.0, timeout=0.4, backoff_base=0.01, backoff_cap=0.05)
+    d = Dispatcher(box, {"test": JsonAdapter(base_url=base)}, cfg, Metrics())
+
+    async def a_while() -> None:
+        task = asyncio.create_task(d.run())
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if answered:
+                break
+        d.request_stop()
+        await task
+
+    try:
+        asyncio.run(a_while())
+        # The slow answer never completed: it was cut, and the record sent again.
+        assert answered == ["fast"]
+        [view] = box.recent(10)
+        assert view.status == "delivered" and view.attempts >= 2
+        assert d.metrics.snapshot()["test"]["delivered"] == 1
+    finally:
+        stop.set()
+        server.join(5)
+        listener.close()
+
+
+def test_a_rate_limited_lane_claims_what_it_may_send_within_its_lease(tmp_path: Path) -> None:
+    # 31 events at 10 per second with a 2 s lease: a claim of all of them would wait 2.1 s
+    # for its last request, past the lease, while another dispatcher could claim and send
+    # the same records. Claims are sized to the rate instead: none waits past its lease.
+    box = SQLiteOutbox(str(tmp_path / "o.sqlite3"))
+    now = time.time()
+    records = [NewRecord("test", "a0", "Lead", "a", now, {"id": "a0", "key": "a"})]
+    records += [
+        NewRecord("test", f"b{i:02d}", "Lead", "b", now, {"id": f"b{i:02d}", "key": "b"})
+        for i in range(30)
+    ]
+    box.add(records, now)
+    leases: dict[str, float] = {}
+    real_claim = box.claim
+
+    def claim(platform: str, limit: int, lease_seconds: float, now: float) -> list[Claimed]:
+        out = real_claim(platform, limit, lease_seconds, now)
+        assert len(out) <= 10  # 10/s x 2 s / 2, one worker
+        for c in out:
+            leases[c.event_id] = now + lease_seconds
+        return out
+
+    box.claim = claim  # type: ignore[method-assign]
+    late: list[str] = []
+    sent: list[str] = []
+
+    def platform(request: httpx.Request) -> httpx.Response:
+        ids = [e["id"] for e in json.loads(request.content)["events"]]
+        sent.extend(ids)
+        late.extend(i for i in ids if time.time() >= leases[i])
+        return httpx.Response(200)
+
+    cfg = config(lease_seconds=2.0, rate_limits={"test": 10.0})
+    d = Dispatcher(
+        box,
+        {"test": JsonAdapter(max_batch=50)},
+        cfg,
+        Metrics(),
+        transport=httpx.MockTransport(platform),
+    )
+    run_until_idle(d)
+    assert sorted(sent) == sorted(r.event_id for r in records)  # each once
+    assert late == []
+    assert {v.status for v in box.recent(100)} == {"delivered"}
+
+
+def test_tokens_not_used_go_back_to_the_bucket() -> None:
+    from tracking_mw.delivery.backoff import TokenBucket
+
+    now = [0.0]
+    bucket = TokenBucket(10.0, clock=lambda: now[0])
+    assert bucket.take(10) == 0.0
+    assert bucket.take(30) == pytest.approx(3.0)
+    bucket.give_back(30)  # that chunk was not sent
+    assert bucket.take(10) == pytest.approx(1.0)  # as if the 30 had never been taken
+    bucket.give_back(100)
+    now[0] = 5.0
+    assert bucket.take(10) == 0.0 and bucket.take(1) == pytest.approx(0.1)  # burst capped
+
+
+def test_a_reason_quoting_a_lone_surrogate_is_stored(tmp_path: Path) -> None:
+    # A platform's JSON answer may escape half a surrogate pair ("\ud83d"): the reason is
+    # stored with U+FFFD, instead of a write failing at every try while the record is
+    # resent after each lease.
+    box = SQLiteOutbox(str(tmp_path / "o.sqlite3"))
+    now = time.time()
+    box.add([NewRecord("test", "e00", "Lead", "", now, {"id": "e00"})], now)
+    calls: list[int] = []
+
+    def platform(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(400, content=b"invalid link \\ud83d")
+
+    class Quoting(JsonAdapter):
+        def classify(
+            self, status: int, headers: Mapping[str, str], body: bytes, item_count: int
+        ) -> Outcome:
+            return Outcome.permanent(json.loads('"invalid link \\ud83d"'))
+
+    d = Dispatcher(
+        box, {"test": Quoting()}, config(), Metrics(), transport=httpx.MockTransport(platform)
+    )
+    run_until_idle(d)
+    [view] = box.recent(10)
+    assert view.status == "dead" and view.last_error == "invalid link \ufffd"
+    assert calls == [1]

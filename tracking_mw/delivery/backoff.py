@@ -60,3 +60,7 @@ class TokenBucket:
         if self._tokens >= 0:
             return 0.0
         return -self._tokens / self.rate
+
+    def give_back(self, n: float) -> None:
+        """Return ``n`` tokens taken but not used (what was to be sent was not)."""
+        self._tokens = min(self.burst, self._tokens + n)

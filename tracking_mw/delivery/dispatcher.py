@@ -66,6 +66,8 @@ from typing import Any, TypeVar
 
 import httpx
 
+from .._errors import OutboxError
+from .._json import clean_text
 from ..config import DeliveryConfig
 from ..platforms._base import Adapter, Outcome
 from ._base import Claimed, Outbox
@@ -230,6 +232,11 @@ class Dispatcher:
     async def _worker(self, wid: int, name: str, adapter: Adapter) -> None:
         cfg = self.config
         size = adapter.max_batch if adapter.max_batch > 1 else _PREFETCH
+        rate = cfg.rate_limits.get(name)
+        if rate:
+            # A claim this lane's rate lets the workers send within half a lease: a rate
+            # limit never makes a worker wait past its lease (see _send).
+            size = min(size, max(1, int(rate * cfg.lease_seconds / 2 / cfg.concurrency_for(name))))
         failures = 0
         pending = _Pending()
         try:
@@ -271,6 +278,8 @@ class Dispatcher:
                 rest = list(self._held.pop(wid, {}).values())
                 if rest:
                     await self._io(self._release_quietly, rest)
+                    if lease.stopped:  # no claiming it straight back (a rate-limit wait)
+                        await self._sleep_or_stop(cfg.poll_interval)
             await self._io(self._flush, name, pending)
         finally:
             # Cancelled at the end of the shutdown grace: record what went out, hand back
@@ -306,7 +315,9 @@ class Dispatcher:
                 w.fn(w.records, self._clock(), *w.args)
             except Exception as exc:
                 error = exc
-                w.tries += 1
+                # An outage (OutboxError) may pass; any other error is this write's own and
+                # would recur: given up at once rather than stall the worker for 8 tries.
+                w.tries = w.tries + 1 if isinstance(exc, OutboxError) else _WRITE_TRIES
                 if w.tries < _WRITE_TRIES:
                     if w.tries == 1:
                         log.warning(
@@ -371,6 +382,16 @@ class Dispatcher:
         if bucket is not None:
             wait = bucket.take(len(chunk))
             if wait > 0:
+                if self._clock() + wait >= lease.send_by:
+                    # The wait would outlast the lease: the chunk is given back for a later
+                    # claim, and its tokens to the bucket (they were not used).
+                    bucket.give_back(len(chunk))
+                    lease.stopped = True
+                    return
+                # Outcomes held back (see _WRITE_WITHIN) are written before a wait.
+                if pending and await self._io(self._flush, name, pending) is not None:
+                    lease.stopped = True
+                    return
                 await asyncio.sleep(wait)
                 if not self._may_send(lease):
                     return
@@ -392,17 +413,9 @@ class Dispatcher:
         try:
             # A request still unanswered near the lease's end is cut short (and tried
             # again, as after a timeout) rather than left running while another
-            # dispatcher may claim and send the same records. Far from it, httpx's own
-            # timeouts (connect, write, pool and read, each config.timeout) end a request
-            # first: an asyncio timer per request would cost a fast platform a fifth of its
-            # throughput (its cancelled timers fill the event loop's heap).
-            remaining = lease.end - self._clock()
-            cut = (
-                asyncio.timeout(max(remaining, 0.0))
-                if remaining < self.config.timeout * 4
-                else contextlib.nullcontext()
-            )
-            async with cut:
+            # dispatcher may claim and send the same records. httpx's timeouts do not
+            # bound it: each read has its own, and a slow answer trickling in outlasts them.
+            async with asyncio.timeout(max(lease.end - self._clock(), 0.0)):
                 response = await self._client.request(
                     request.method,
                     self._url(request.url),
@@ -571,7 +584,9 @@ class _Write:
         self.metric = metric
         self.fn = fn
         self.records = records
-        self.args = args
+        # A reason quoting the platform's answer may hold a lone surrogate (a JSON "\ud83d"):
+        # stored as U+FFFD, as any text is, or the write would fail every time.
+        self.args = tuple(clean_text(a) if isinstance(a, str) else a for a in args)
         self.count = len(records)
         self.tries = 0
 
@@ -619,6 +634,9 @@ class _Pending:
         """Put back writes that were taken but not made, ahead of any added since."""
         with self._lock:
             self._writes[:0] = writes
+
+    def __bool__(self) -> bool:
+        return bool(self._writes)
 
     def take(self) -> list[_Write]:
         with self._lock:
