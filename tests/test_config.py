@@ -262,6 +262,7 @@ def test_secrets_masked_in_repr() -> None:
         ("redis://:pw-value@redis.internal:6379/0", "redis://:***@redis.internal:6379/0"),
         ("rediss://app:pw-value@h:6380/1?prefix=x", "rediss://app:***@h:6380/1?prefix=x"),
         ("redis://pw-value@h/0", "redis://***@h/0"),
+        ("redis://h:6379/0?password=pw-value&prefix=x", "redis://h:6379/0?password=***&prefix=x"),
         ("redis://h:6379/0", "redis://h:6379/0"),
         ("sqlite:///var/lib/app/outbox.sqlite3", "sqlite:///var/lib/app/outbox.sqlite3"),
     ],

@@ -72,6 +72,31 @@ def test_for_settings_caches_per_settings_object(tmp_path: Path) -> None:
     assert Runtime.default() is None
 
 
+def test_for_settings_racing_threads_get_one_runtime(tmp_path: Path) -> None:
+    # The runtime is built outside the registry's lock (opening a SQLite outbox takes the
+    # store's lock, which fork() takes in the other order): racing threads still share one.
+    import threading
+
+    settings = Settings(secret_key=KEY, outbox=f"sqlite:///{tmp_path}/o.sqlite3")
+    barrier = threading.Barrier(8)
+    got: list[Runtime] = []
+
+    def first_request() -> None:
+        barrier.wait()
+        got.append(Runtime.for_settings(settings))
+
+    threads = [threading.Thread(target=first_request) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert len(got) == 8 and all(rt is got[0] for rt in got)
+        assert Runtime.for_settings(settings) is got[0]
+    finally:
+        got[0].close()
+
+
 def test_asgi_style_startup_delivers_to_every_platform(
     platforms: tuple[FakePlatforms, str], tmp_path: Path
 ) -> None:

@@ -97,11 +97,20 @@ class Runtime:
         """The runtime of ``settings`` (created once per Settings object); becomes the default."""
         with cls._cache_lock:
             rt = cls._cache.get(id(settings))
+            if rt is not None and rt.settings is settings:
+                Runtime._default = rt
+                return rt
+        # Built outside the lock: opening the outbox takes the store's own fork-safe lock,
+        # and fork() takes those in the order they were made, the store's after this one.
+        new = cls(settings)
+        with cls._cache_lock:
+            rt = cls._cache.get(id(settings))
             if rt is None or rt.settings is not settings:
-                rt = cls(settings)
-                cls._cache[id(settings)] = rt
+                rt = cls._cache[id(settings)] = new
             Runtime._default = rt
-            return rt
+        if rt is not new:
+            new.close()  # another thread made one meanwhile: one runtime per Settings
+        return rt
 
     @classmethod
     def default(cls) -> Runtime | None:
