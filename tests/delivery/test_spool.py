@@ -437,6 +437,8 @@ def test_a_closed_spool_stops_and_stays_closed(redis_box: _Redis, tmp_path: Path
         assert s.forward() == 0  # stopped: moves nothing more
         with pytest.raises(Exception, match="closed"):
             s.put([NewRecord("a", "late", "Lead", "a", time.time(), {})])
-        assert Spool(str(tmp_path / "s.db"), rt.outbox, "box").pending() == 1
+        again = Spool(str(tmp_path / "s.db"), rt.outbox, "box")
+        assert again.pending() == 1
+        again.close()
     finally:
         rt.close()
