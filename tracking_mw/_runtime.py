@@ -147,8 +147,6 @@ class Runtime:
         ``on_stop()`` is called when the dispatcher task ends, for whatever reason.
         """
         self._started = True
-        if self.spool is not None:
-            self.spool.resume()  # a worker forked after the runtime was made (--preload)
         if not self.settings.start_dispatcher or not self.adapters:
             return
         loop = asyncio.get_running_loop()
@@ -189,8 +187,6 @@ class Runtime:
         child: the pid check notices and the child starts its own.
         """
         if not self.settings.start_dispatcher or not self.adapters:
-            if self.spool is not None:
-                self.spool.resume()  # once per process: a dict lookup after that
             return
         thread = self._thread
         if thread is not None and thread.alive:
@@ -205,8 +201,6 @@ class Runtime:
                 self._thread = None
             if self._thread is not None and self._thread.alive:
                 return
-            if self.spool is not None:
-                self.spool.resume()  # a worker forked after the runtime was made (--preload)
             self._thread = ThreadDispatcher(self.make_dispatcher)
             self._thread.start()
             if not self._atexit:

@@ -16,7 +16,6 @@ import re
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict, TypeVar, Unpack
-from urllib.parse import parse_qs, urlsplit
 
 from ._errors import ConfigurationError
 
@@ -255,25 +254,15 @@ def _per_platform(value: object, name: str) -> dict[str, object]:
 
 
 # The outbox URL options every store reads, in seconds (see OutboxOptions).
-_OUTBOX_SECONDS = ("retention", "dead_retention", "link_ttl")
 
 
 def _check_outbox_options(url: str) -> None:
-    """The common options of the outbox URL are finite numbers of seconds > 0 (the store
+    """The common options of the outbox URL, checked as the store will read them (the store
     checks the rest, its own options, when it opens)."""
-    query = parse_qs(urlsplit(url).query, keep_blank_values=True)
-    for key in _OUTBOX_SECONDS:
-        if key in query:
-            raw = query[key][-1]
-            try:
-                number = float(raw)
-            except ValueError:
-                number = math.nan
-            if not math.isfinite(number) or number <= 0:
-                raise ConfigurationError(
-                    f"TRACKING_OUTBOX option {key} must be a finite number of seconds > 0,"
-                    f" not {raw!r}"
-                )
+    # Imported here: the delivery package imports this module.
+    from .delivery._base import OutboxOptions
+
+    OutboxOptions.from_url(url, allowed=None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -451,7 +440,7 @@ class Settings:
             if f.repr:
                 value = getattr(self, f.name)
                 if f.name == "outbox":
-                    value = _without_password(value)
+                    value = outbox_identity(value)
                 shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"
 
@@ -624,9 +613,10 @@ def _text(value: str, name: str) -> str:
     return value
 
 
-def _without_password(url: str) -> str:
-    """``url`` with its password shown as ``***``: that of a ``user:password@`` part, and a
-    ``password=`` option (redis-py reads both)."""
+def outbox_identity(url: str) -> str:
+    """``url`` with its password shown as ``***`` (that of a ``user:password@`` part, and a
+    ``password=`` option: redis-py reads both): what names an outbox in ``repr(Settings)``
+    and in a spool file several outboxes share."""
     head, sep, rest = url.partition("://")
     if not sep:
         return url
@@ -645,12 +635,6 @@ def _without_password(url: str) -> str:
         ]
         after = path + "?" + "&".join(options)
     return f"{head}://{netloc}{after}"
-
-
-def outbox_identity(url: str) -> str:
-    """``url`` without its password (in ``user:password@`` or a ``password=`` option): what
-    names an outbox in logs, in ``repr(Settings)`` and in a spool file several share."""
-    return _without_password(url)
 
 
 def _path_or_off(value: str, name: str) -> str | None:

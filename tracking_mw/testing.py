@@ -49,6 +49,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ._normalize import public_ip
 from .config import (
     BigoConfig,
     KwaiConfig,
@@ -210,14 +211,6 @@ def _is_ip(value: Any) -> bool:
     except (ValueError, TypeError):
         return False
     return True
-
-
-def _is_public_ip(value: str) -> bool:
-    try:
-        addr = ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return (getattr(addr, "ipv4_mapped", None) or addr).is_global
 
 
 def _is_number(v: Any) -> bool:
@@ -750,7 +743,7 @@ class FakePlatforms:
         for key in ("url", "referer", "ip", "user_agent", "external_id", "cookie_id"):
             if key in obj and not isinstance(obj[key], str):
                 raise fail(-4, f"invalid {key}")
-        if "ip" in obj and not _is_public_ip(obj["ip"]):
+        if "ip" in obj and public_ip(obj["ip"]) != obj["ip"]:
             # "It needs to be a public IP and not encrypted."
             raise fail(-4, "invalid ip")
         return obj, _Verdict(200, _bigo_answer(1, "success"), [obj])

@@ -35,6 +35,7 @@ from .platforms._base import Skip
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
+    from .delivery.spool import Spool
 
 __all__ = ["Receipt", "Tracker", "link_visitor", "track"]
 
@@ -175,14 +176,14 @@ class Tracker:
         spool = rt.spool
         if spool is not None and spool.engaged:
             # The outbox failed and its spool is not moved yet: not tried in the request.
-            return self._spooled(eid, records, skipped, None)
+            return self._spooled(spool, eid, records, skipped, None)
         try:
             added = rt.outbox.add(records, time.time())
         except Exception as exc:
             # An outage (OutboxError: refused, timed out) is spooled; anything else is this
             # event's own problem, which a spooled copy would only repeat at every forward.
             if spool is not None and isinstance(exc, OutboxError):
-                return self._spooled(eid, records, skipped, exc)
+                return self._spooled(spool, eid, records, skipped, exc)
             return self._failed(eid, records, skipped, exc)
         if self._failing:
             self._failing = False
@@ -199,6 +200,7 @@ class Tracker:
 
     def _spooled(
         self,
+        spool: Spool,
         event_id: str,
         records: list[NewRecord],
         skipped: dict[str, str],
@@ -206,8 +208,6 @@ class Tracker:
     ) -> Receipt:
         """Keep ``records`` in the runtime's spool (the outbox failed with ``exc``, or failed
         before); a spool that fails too makes the receipt's error."""
-        spool = self.runtime.spool
-        assert spool is not None
         try:
             spool.put(records)
         except Exception as spool_exc:

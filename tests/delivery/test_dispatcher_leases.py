@@ -23,7 +23,7 @@ from tests._servers import serve_in_thread
 from tests.platforms._helpers import fake_settings, full_attribution, purchase
 from tracking_mw._errors import OutboxError
 from tracking_mw.config import DeliveryConfig, Settings
-from tracking_mw.delivery import Claimed, Dispatcher, Metrics, NewRecord
+from tracking_mw.delivery import Claimed, Dispatcher, Metrics, NewRecord, Outbox
 from tracking_mw.delivery.sqlite import SQLiteOutbox
 from tracking_mw.platforms import Adapter, Outcome, build_adapters
 from tracking_mw.testing import FakePlatforms
@@ -139,6 +139,27 @@ def fill(box: Box, n: int, bad: Sequence[int] = ()) -> list[str]:
     return ids
 
 
+def lane(
+    box: Outbox,
+    handler: Callable[[httpx.Request], Any],
+    *,
+    clock: Callable[[], float] | None = None,
+    adapter: Adapter | None = None,
+    **changes: Any,
+) -> Dispatcher:
+    """A dispatcher of the test lane over ``box``, sending to ``handler`` (a MockTransport
+    handler), with ``config(**changes)`` and ``clock`` (the real one by default)."""
+    kw: dict[str, Any] = {"clock": clock} if clock is not None else {}
+    return Dispatcher(
+        box,
+        {"test": adapter or JsonAdapter()},
+        config(**changes),
+        Metrics(),
+        transport=httpx.MockTransport(handler),
+        **kw,
+    )
+
+
 def run_until_idle(d: Dispatcher) -> None:
     asyncio.run(asyncio.wait_for(d.run(until_idle=True), 30))
 
@@ -152,14 +173,7 @@ def test_a_split_never_outlives_the_lease_and_the_unsent_part_is_claimed_again(
     box = Box(tmp_path / "o.sqlite3", clock)
     ids = fill(box, 16, bad=[5])
     platform = Platform(box, clock, latency=2.0)
-    d = Dispatcher(
-        box,
-        {"test": JsonAdapter(max_batch=16)},
-        config(),
-        Metrics(),
-        transport=httpx.MockTransport(platform),
-        clock=clock,
-    )
+    d = lane(box, platform, clock=clock, adapter=JsonAdapter(max_batch=16))
     run_until_idle(d)
     assert platform.late == []
     good = [i for i in ids if i != "e05"]
@@ -187,14 +201,7 @@ def test_each_outcome_is_in_the_outbox_before_the_next_request(tmp_path: Path) -
         seen.extend(request_ids)
 
     platform.check = check
-    d = Dispatcher(
-        box,
-        {"test": JsonAdapter()},
-        config(),
-        Metrics(),
-        transport=httpx.MockTransport(platform),
-        clock=clock,
-    )
+    d = lane(box, platform, clock=clock)
     run_until_idle(d)
     assert unsettled == []
     assert [sent for sent, _ in platform.requests] == [[i] for i in ids]
@@ -217,14 +224,7 @@ def test_a_fast_platforms_outcomes_share_a_write_made_before_the_next_claim(
             at_second_claim.update(box.statuses())
 
     platform.check = check
-    d = Dispatcher(
-        box,
-        {"test": JsonAdapter()},
-        config(),
-        Metrics(),
-        transport=httpx.MockTransport(platform),
-        clock=clock,
-    )
+    d = lane(box, platform, clock=clock)
     run_until_idle(d)
     assert box.statuses() == dict.fromkeys(ids, "delivered")
     assert sorted(i for group in box.acks for i in group) == ids
@@ -240,14 +240,7 @@ def test_the_lease_is_reckoned_from_before_a_slow_claim(tmp_path: Path) -> None:
     box = Box(tmp_path / "o.sqlite3", clock, claim_takes=5.0)
     ids = fill(box, 10)
     platform = Platform(box, clock, latency=1.0)
-    d = Dispatcher(
-        box,
-        {"test": JsonAdapter()},
-        config(),
-        Metrics(),
-        transport=httpx.MockTransport(platform),
-        clock=clock,
-    )
+    d = lane(box, platform, clock=clock)
     run_until_idle(d)
     assert platform.late == []
     assert platform.accepted() == dict.fromkeys(ids, 1)
@@ -259,14 +252,7 @@ def test_a_failed_ack_is_kept_and_written_later(tmp_path: Path) -> None:
     ids = fill(box, 5)
     box.fail["ack"] = 1
     platform = Platform(box, clock, latency=0.1)
-    d = Dispatcher(
-        box,
-        {"test": JsonAdapter()},
-        config(),
-        Metrics(),
-        transport=httpx.MockTransport(platform),
-        clock=clock,
-    )
+    d = lane(box, platform, clock=clock)
     run_until_idle(d)
     assert box.fail["ack"] == 0  # the failure did happen
     assert platform.accepted() == dict.fromkeys(ids, 1)
@@ -282,14 +268,7 @@ def test_a_record_is_counted_once_even_when_its_write_fails_first(tmp_path: Path
     fill(box, 1, bad=[0])
     box.fail["bury"] = 1
     platform = Platform(box, clock, latency=LEASE + 1)
-    d = Dispatcher(
-        box,
-        {"test": JsonAdapter()},
-        config(),
-        Metrics(),
-        transport=httpx.MockTransport(platform),
-        clock=clock,
-    )
+    d = lane(box, platform, clock=clock)
     run_until_idle(d)
     assert len(platform.requests) == 1
     assert box.statuses() == {"e00": "dead"}
@@ -311,14 +290,7 @@ def test_while_an_outcome_cannot_be_written_nothing_more_is_sent(tmp_path: Path)
             sent_while_failing.extend(request_ids)
 
     platform.check = check
-    d = Dispatcher(
-        box,
-        {"test": JsonAdapter()},
-        config(),
-        Metrics(),
-        transport=httpx.MockTransport(platform),
-        clock=clock,
-    )
+    d = lane(box, platform, clock=clock)
     run_until_idle(d)
     assert box.fail["ack"] == 0
     assert sent_while_failing == []
@@ -402,14 +374,7 @@ def test_http_401_and_403_are_not_split_on_any_platform(tmp_path: Path) -> None:
         requests.append(len(json.loads(request.content)["events"]))
         return httpx.Response(401 if len(requests) == 1 else 403, text="no")
 
-    d = Dispatcher(
-        box,
-        {"test": JsonAdapter(max_batch=4)},
-        config(),
-        Metrics(),
-        transport=httpx.MockTransport(handler),
-        clock=clock,
-    )
+    d = lane(box, handler, clock=clock, adapter=JsonAdapter(max_batch=4))
     run_until_idle(d)
     assert requests == [4, 4]
     assert set(box.statuses().values()) == {"dead"}
@@ -432,12 +397,8 @@ def test_a_request_unanswered_near_the_lease_end_is_cut_short(tmp_path: Path) ->
             ended.append(time.monotonic())
         return httpx.Response(200)
 
-    d = Dispatcher(
-        box,
-        {"test": JsonAdapter()},
-        config(lease_seconds=1.0, timeout=20.0, backoff_base=30.0, backoff_cap=60.0),
-        Metrics(),
-        transport=httpx.MockTransport(never_answers),
+    d = lane(
+        box, never_answers, lease_seconds=1.0, timeout=20.0, backoff_base=30.0, backoff_cap=60.0
     )
     run_until_idle(d)
     assert len(started) == 1 and len(ended) == 1
@@ -545,13 +506,12 @@ def test_a_rate_limited_lane_claims_what_it_may_send_within_its_lease(tmp_path: 
         late.extend(i for i in ids if time.time() >= leases[i])
         return httpx.Response(200)
 
-    cfg = config(lease_seconds=2.0, rate_limits={"test": 10.0})
-    d = Dispatcher(
+    d = lane(
         box,
-        {"test": JsonAdapter(max_batch=50)},
-        cfg,
-        Metrics(),
-        transport=httpx.MockTransport(platform),
+        platform,
+        adapter=JsonAdapter(max_batch=50),
+        lease_seconds=2.0,
+        rate_limits={"test": 10.0},
     )
     run_until_idle(d)
     assert sorted(sent) == sorted(r.event_id for r in records)  # each once
@@ -592,9 +552,7 @@ def test_a_reason_quoting_a_lone_surrogate_is_stored(tmp_path: Path) -> None:
         ) -> Outcome:
             return Outcome.permanent(json.loads('"invalid link \\ud83d"'))
 
-    d = Dispatcher(
-        box, {"test": Quoting()}, config(), Metrics(), transport=httpx.MockTransport(platform)
-    )
+    d = lane(box, platform, adapter=Quoting())
     run_until_idle(d)
     [view] = box.recent(10)
     assert view.status == "dead" and view.last_error == "invalid link \ufffd"

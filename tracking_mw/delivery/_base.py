@@ -267,14 +267,16 @@ class OutboxOptions:
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not (number and math.isfinite(value) and value > 0):
                 raise ConfigurationError(
-                    f"outbox option {key} must be a finite number of seconds > 0, not {value!r}"
+                    f"TRACKING_OUTBOX option {key} must be a finite number of seconds > 0,"
+                    f" not {value!r}"
                 )
 
     @classmethod
     def from_url(
-        cls, url: str, allowed: Sequence[str] = ()
+        cls, url: str, allowed: Sequence[str] | None = ()
     ) -> tuple[OutboxOptions, dict[str, str]]:
-        """The common options plus the store-specific ones named in ``allowed``."""
+        """The common options plus the store-specific ones named in ``allowed`` (``None``:
+        any other option is passed over, as ``Settings`` does before the store is known)."""
         query = parse_qs(urlsplit(url).query, keep_blank_values=True)
         common: dict[str, float] = {}
         extra: dict[str, str] = {}
@@ -283,10 +285,10 @@ class OutboxOptions:
             if key in ("retention", "dead_retention", "link_ttl"):
                 try:
                     number = float(value)
-                except ValueError as exc:
-                    raise ConfigurationError(f"outbox option {key} must be seconds") from exc
-                common[key] = number  # checked by __post_init__
-            elif key in allowed:
+                except ValueError:
+                    number = math.nan  # refused by __post_init__, with the value shown
+                common[key] = number
+            elif allowed is None or key in allowed:
                 extra[key] = value
             else:
                 raise ConfigurationError(f"unknown outbox option {key!r}")

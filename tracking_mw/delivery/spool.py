@@ -28,6 +28,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 
 from .._errors import ConfigurationError
@@ -63,6 +64,16 @@ def _decode(text: str) -> list[NewRecord]:
     return [NewRecord(*r) for r in loads(text)]
 
 
+def _resume(ref: weakref.ref[Spool]) -> None:
+    spool = ref()
+    if spool is None:
+        return
+    try:
+        spool.resume()
+    except Exception as exc:  # never break the fork of the app's own worker
+        log.error("tracking_mw: the outbox spool cannot be resumed: %s", type(exc).__name__)
+
+
 class Spool:
     """The local spool of one outbox (see the module docstring): ``path`` is the SQLite
     file, ``outbox`` the shared outbox its records are moved into, ``name`` what tells that
@@ -86,13 +97,17 @@ class Spool:
         # closing one in a forked child could disturb the parent's SQLite locks.
         self._inherited: list[sqlite3.Connection] = []
         self._pid = os.getpid()
-        self._resumed_pid: int | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._closed = False
         # True while the outbox is failing: track() writes here without trying it.
         self.engaged = False
         self.wait = FIRST_WAIT
+        if hasattr(os, "register_at_fork"):
+            # A worker forked from a master that made the runtime (gunicorn --preload)
+            # forwards what an earlier worker left; weak, so the spool can still be dropped.
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: _resume(ref))
 
     # -- storage ------------------------------------------------------------------------
 
@@ -174,13 +189,9 @@ class Spool:
     # -- forwarder ----------------------------------------------------------------------
 
     def resume(self) -> None:
-        """Forward what an earlier process left in the spool file, if anything. Once per
-        process: call it at startup, and again in a forked child (it checks the pid)."""
-        pid = os.getpid()
-        if self._resumed_pid == pid:
-            return
-        self._resumed_pid = pid
-        if not os.path.exists(self.path):
+        """Forward what an earlier process left in the spool file, if anything: called by
+        the runtime at startup, and in every child forked after that."""
+        if self._closed or not os.path.exists(self.path):
             return  # never needed yet: no file is made until an outage needs one
         try:
             with self._lock:
