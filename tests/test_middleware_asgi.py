@@ -809,3 +809,102 @@ def test_a_loop_closed_without_cancelling_its_tasks_does_not_stop_delivery() -> 
         warnings.simplefilter("ignore")  # "Task was destroyed but it is pending"
         two_loops()
         gc.collect()  # the abandoned tasks go now, under this test's warning filter
+
+
+async def test_remembered_view_reads_headers_as_they_arrived_under_mutable_headers() -> None:
+    """Starlette's MutableHeaders, used by an app or an inner middleware to change a request
+    header, replaces the scope's header list: the attribution of a view answered from the
+    Cookie header alone still carries the user agent the request came with."""
+    from starlette.datastructures import MutableHeaders
+
+    async def rewriting(scope: Any, receive: Any, send: Any) -> None:
+        MutableHeaders(scope=scope)["user-agent"] = "rewritten"
+        a = current_attribution()
+        body = (a.client.user_agent or "") if a is not None else "none"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body.encode()})
+
+    mw = TrackingMiddleware(rewriting, make_settings())
+    async with asgi_client(mw) as c:
+        await c.get("/?click_id=K1&pixel_id=P1")
+        await c.get("/a")  # decoded, then remembered
+        assert len(mw._core._quiet) == 1
+        decoded: list[int] = []
+        real = mw._core.codec.decode
+
+        def counting(raw: str | None, now: int | None = None) -> Any:
+            decoded.append(1)
+            return real(raw, now)
+
+        mw._core.codec.decode = counting  # type: ignore[method-assign]
+        for agent in ("agent-2", "agent-3"):
+            r = await c.get("/b", headers={"user-agent": agent})
+            assert r.status_code == 200 and r.text == agent
+        assert decoded == []  # answered from memory
+
+
+async def test_remembered_answer_ends_with_the_cookie(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ASGI glue looks remembered answers up itself: past the cookie's max_age the
+    Cookie header no longer answers, the request goes the full way and the expired session
+    counts as absent."""
+    import time
+
+    import tracking_mw.asgi as asgi_mod
+
+    clock = [1_800_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    monkeypatch.setattr(asgi_mod, "_now", lambda: clock[0])
+    mw = TrackingMiddleware(starlette_app(), make_settings(cookie_max_age=3600))
+    async with asgi_client(mw) as c:
+        r = await c.get("/?click_id=K1&pixel_id=P1")
+        assert len(tmw_cookies(r)) == 1
+        # Sent by hand: the client's cookie jar would drop it at its Max-Age.
+        sent = {"cookie": "_tmw=" + str(r.cookies["_tmw"])}
+        c.cookies.clear()
+        clock[0] += 60
+        r = await c.get("/", headers=sent)
+        assert r.json()["attribution"]["touches"]["kwai"]["click_id"] == "K1"
+        assert len(mw._core._quiet) == 1
+        decoded: list[int] = []
+        real = mw._core.codec.decode
+
+        def counting(raw: str | None, now: int | None = None) -> Any:
+            decoded.append(1)
+            return real(raw, now)
+
+        mw._core.codec.decode = counting  # type: ignore[method-assign]
+        clock[0] = 1_800_000_000.0 + 3599  # the click's last second in the window
+        r = await c.get("/", headers=sent)
+        assert r.json()["attribution"]["touches"]["kwai"]["click_id"] == "K1"
+        assert decoded == []  # still answered from memory
+        clock[0] += 2  # past the cookie's last valid second
+        r = await c.get("/", headers=sent)
+        assert r.status_code == 200 and r.json()["attribution"]["touches"] == {}
+        assert decoded == [1]  # read and decoded again: expired
+
+
+async def test_odd_cookie_header_values_on_a_repeat_view_do_not_escape(
+    mw: TrackingMiddleware, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scope whose Cookie header values are not bytes (a broken server or test client)
+    falls through to the full path, which logs it; the app still answers."""
+    seen: list[str] = []
+
+    async def view(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    mw.app = view
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/p",
+        "raw_path": b"/p",
+        "query_string": b"",
+        "headers": [(b"cookie", b"a=1"), (b"cookie", "b=2")],
+    }
+    with caplog.at_level(logging.ERROR, logger="tracking_mw"):
+        await mw(dict(scope), _never, _ignore)
+    assert seen == ["/p"]
+    assert any("request not tracked" in rec.getMessage() for rec in caplog.records)

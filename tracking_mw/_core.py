@@ -217,6 +217,9 @@ class Core:
         # returning visitors' quiet requests; the builder (_attribution_later with the
         # attribution's parts bound) is made once per entry, not per request.
         self._quiet: dict[str | bytes, _Quiet] = {}
+        # The same, for a glue that looks a Cookie header up itself (as recall() does, with
+        # its test), or None with a consent hook: the hook must see every request.
+        self.remembered = self._quiet if self._consent is None else None
         self._parts_of = parts_of
         self._cookie_key = cookie_key
         meta_attrs = f"; Max-Age={int(settings.meta_cookie_max_age)}; Path=/"
@@ -447,9 +450,10 @@ class Core:
         With a consent hook this is never used: the hook sees every request in
         ``process()``.
         """
-        if self._consent is not None:
+        remembered = self.remembered
+        if remembered is None:
             return None
-        entry = self._quiet.get(cookie)
+        entry = remembered.get(cookie)
         if entry is not None and entry[0] <= time.time() < entry[1]:
             return entry[3]
         return None
