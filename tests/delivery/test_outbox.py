@@ -190,6 +190,9 @@ def test_outbox_options_must_be_finite_seconds(tmp_path: Path) -> None:
             open_outbox(f"redis://127.0.0.1:1/0?socket_timeout={value}")
     with pytest.raises(ConfigurationError, match="link_ttl"):
         OutboxOptions(link_ttl=float("nan"))
+    # A value that is not a number is shown as given.
+    with pytest.raises(ConfigurationError, match=r"retention.*not 'soon'"):
+        open_outbox("memory://?retention=soon")
 
 
 def test_open_outbox_urls(tmp_path: Path) -> None:
@@ -239,6 +242,51 @@ def test_sqlite_child_process_after_fork_uses_its_own_connection(tmp_path: Path)
     assert box.stats(T0)["meta"]["pending"] == 2
     assert box.claim("meta", 5, 30.0, T0) == []
     box.close()
+
+
+def test_fork_waits_for_fork_safe_locks_and_forgets_dropped_ones() -> None:
+    import gc
+    import threading
+    import warnings
+
+    from tracking_mw.delivery import _base
+
+    lock = _base.fork_safe_rlock()
+    dropped = _base.fork_safe_rlock()
+    registered = len(_base._FORK_LOCKS)
+    del dropped
+    gc.collect()
+    assert len(_base._FORK_LOCKS) == registered - 1  # an object's lock goes with it
+    # Another thread holds the lock when this one forks: fork waits until it is released,
+    # so the child does not inherit it held by a thread that does not exist there.
+    taken, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with lock:
+            taken.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert taken.wait(10)
+    timer = threading.Timer(0.2, release.set)
+    timer.start()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: by design
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        signal.alarm(30)
+        try:
+            code = 0 if lock.acquire(timeout=5) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    thread.join()
+    timer.join()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert lock.acquire(timeout=5)  # and the parent released it after the fork
+    lock.release()
 
 
 def test_sqlite_errors_become_outbox_errors(tmp_path: Path) -> None:

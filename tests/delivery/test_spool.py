@@ -442,3 +442,36 @@ def test_a_closed_spool_stops_and_stays_closed(redis_box: _Redis, tmp_path: Path
         again.close()
     finally:
         rt.close()
+
+
+def test_spools_share_one_fork_hook_and_are_held_weakly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At-fork hooks cannot be removed: a process (a test suite) making many spools must not
+    # pile up hooks per spool (nor per lock). Spools are resumed through a weak registry.
+    import gc
+
+    from tracking_mw.delivery.memory import MemoryOutbox
+
+    hooks: list[Any] = []
+    monkeypatch.setattr(os, "register_at_fork", lambda **kw: hooks.append(kw))
+    outbox = MemoryOutbox()
+    kept = Spool(str(tmp_path / "a.db"), outbox, "a")
+    closed = Spool(str(tmp_path / "b.db"), outbox, "b")
+    dropped = Spool(str(tmp_path / "c.db"), outbox, "c")
+    closed.close()
+    del dropped
+    gc.collect()
+    assert hooks == []
+    assert set(spool_mod._SPOOLS) == {kept}
+    kept.put([NewRecord("a", "e1", "Lead", "a", time.time(), {})])
+    kept.close()
+    assert set(spool_mod._SPOOLS) == set()
+    # In a child, the hook resumes every live spool: here, one reopened on the same file.
+    again = Spool(str(tmp_path / "a.db"), outbox, "a")
+    spool_mod._resume_all()
+    try:
+        _until(lambda: again.pending() == 0, "the resumed spool forwarded its row")
+        assert [c.event_id for c in outbox.claim("a", 10, 60.0, time.time())] == ["e1"]
+    finally:
+        again.close()

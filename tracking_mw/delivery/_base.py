@@ -20,10 +20,12 @@ Every method is synchronous and short; the asyncio dispatcher calls them in a wo
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import secrets
 import threading
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -65,6 +67,36 @@ def excerpt(text: str | bytes | None) -> str | None:
     return text[:RESPONSE_EXCERPT]
 
 
+# The locks fork() waits for, in the order they were made, held weakly: an object's lock goes
+# with it. One set of at-fork hooks serves them all (hooks cannot be removed, so one per lock
+# would pile up, and keep every lock alive, in a process that makes many).
+# Keyed by a counter (dict order is creation order); an entry removes itself when its lock
+# is dropped. Only single dict operations, atomic under the GIL: no lock guards these.
+_FORK_LOCKS: dict[int, weakref.ref[threading.RLock]] = {}
+_FORK_LOCK_KEYS = itertools.count()
+_HELD_OVER_FORK: list[threading.RLock] = []
+
+
+def _before_fork() -> None:
+    # Newest first, as separate hooks would run: an object's lock before a module's.
+    for ref in reversed(list(_FORK_LOCKS.values())):
+        lock = ref()
+        if lock is not None:
+            lock.acquire()
+            _HELD_OVER_FORK.append(lock)
+
+
+def _after_fork() -> None:
+    while _HELD_OVER_FORK:
+        _HELD_OVER_FORK.pop().release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork
+    )
+
+
 def fork_safe_rlock() -> threading.RLock:
     """An RLock that ``fork()`` waits for: taken before a fork, released after it on both
     sides, so a child never inherits it held by a thread that does not exist there.
@@ -74,10 +106,13 @@ def fork_safe_rlock() -> threading.RLock:
     "locked" forever (gunicorn ``--preload`` forks a process that may hold connections).
     """
     lock = threading.RLock()
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(
-            before=lock.acquire, after_in_parent=lock.release, after_in_child=lock.release
-        )
+    key = next(_FORK_LOCK_KEYS)
+    locks = _FORK_LOCKS  # bound here: module globals may be gone when a lock dies at exit
+
+    def forget(_: object) -> None:
+        locks.pop(key, None)
+
+    locks[key] = weakref.ref(lock, forget)
     return lock
 
 
@@ -247,6 +282,12 @@ class DeliveryView:
         }
 
 
+def _bad_option(key: str, value: object) -> ConfigurationError:
+    return ConfigurationError(
+        f"TRACKING_OUTBOX option {key} must be a finite number of seconds > 0, not {value!r}"
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class OutboxOptions:
     """Options read from the outbox URL's query string (``?retention=86400&link_ttl=...``).
@@ -266,10 +307,7 @@ class OutboxOptions:
             # "not > 0" rather than "<= 0": NaN fails every comparison.
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not (number and math.isfinite(value) and value > 0):
-                raise ConfigurationError(
-                    f"TRACKING_OUTBOX option {key} must be a finite number of seconds > 0,"
-                    f" not {value!r}"
-                )
+                raise _bad_option(key, value)
 
     @classmethod
     def from_url(
@@ -286,7 +324,10 @@ class OutboxOptions:
                 try:
                     number = float(value)
                 except ValueError:
-                    number = math.nan  # refused by __post_init__, with the value shown
+                    number = math.nan
+                if not math.isfinite(number):
+                    # Shown as given ("soon", "nan"), not as the float it became.
+                    raise _bad_option(key, value)
                 common[key] = number
             elif allowed is None or key in allowed:
                 extra[key] = value

@@ -64,14 +64,23 @@ def _decode(text: str) -> list[NewRecord]:
     return [NewRecord(*r) for r in loads(text)]
 
 
-def _resume(ref: weakref.ref[Spool]) -> None:
-    spool = ref()
-    if spool is None:
-        return
-    try:
-        spool.resume()
-    except Exception as exc:  # never break the fork of the app's own worker
-        log.error("tracking_mw: the outbox spool cannot be resumed: %s", type(exc).__name__)
+# Every live spool of this process; one at-fork hook for all of them (os.register_at_fork
+# hooks cannot be removed, so one per spool would pile up in a process that makes many).
+_SPOOLS: weakref.WeakSet[Spool] = weakref.WeakSet()
+
+
+def _resume_all() -> None:
+    for spool in list(_SPOOLS):
+        try:
+            spool.resume()
+        except Exception as exc:  # never break the fork of the app's own worker
+            log.error("tracking_mw: the outbox spool cannot be resumed: %s", type(exc).__name__)
+
+
+if hasattr(os, "register_at_fork"):
+    # A worker forked from a master that made the runtime (gunicorn --preload) forwards
+    # what an earlier worker left.
+    os.register_at_fork(after_in_child=_resume_all)
 
 
 class Spool:
@@ -103,11 +112,7 @@ class Spool:
         # True while the outbox is failing: track() writes here without trying it.
         self.engaged = False
         self.wait = FIRST_WAIT
-        if hasattr(os, "register_at_fork"):
-            # A worker forked from a master that made the runtime (gunicorn --preload)
-            # forwards what an earlier worker left; weak, so the spool can still be dropped.
-            ref = weakref.ref(self)
-            os.register_at_fork(after_in_child=lambda: _resume(ref))
+        _SPOOLS.add(self)  # weakly: resumed in forked children (_resume_all)
 
     # -- storage ------------------------------------------------------------------------
 
@@ -237,6 +242,7 @@ class Spool:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        _SPOOLS.discard(self)
         with self._lock:
             self._closed = True
             if self._conn is not None and self._pid == os.getpid():
