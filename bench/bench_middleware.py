@@ -87,8 +87,9 @@ ROUNDS = 12
 INPROCESS_ROUNDS = 40
 PROTOCOL_ROUNDS = 40
 # Alternations of the bare app with the later request (and with the floor) measured on top
-# of the rounds: the later request's target needs a median pinned down to about a hundredth.
-DECIDING_PAIRS = 40
+# of the rounds: the later request sits two or three hundredths above its line, and 40 pairs
+# pinned a run's median down to about +-0.02 on this machine; 90 narrow that by a third.
+DECIDING_PAIRS = 90
 
 PAGE = (
     "<html><body><h1>Product</h1><p>" + "Lorem ipsum dolor sit amet. " * 20 + "</p></body></html>"
