@@ -335,3 +335,46 @@ def test_task_context_is_fresh() -> None:
         return copied, fresh
 
     assert asyncio.run(main()) == ("request", "none")
+
+
+def test_a_worker_forked_without_python_fork_hooks_catches_up(tmp_path: Path) -> None:
+    """uWSGI forks its workers with the C library's fork() and, by default, skips Python's
+    fork hooks. The first WSGI request of such a worker (ensure_thread_dispatcher) redoes
+    them: it opens its own SQLite connection and draws visitor ids of its own."""
+    import ctypes
+
+    from tracking_mw.attribution import new_visitor_id
+    from tracking_mw.delivery import sqlite as sqlite_mod
+
+    settings = real_settings("http://127.0.0.1:9", FakePlatforms(), tmp_path)
+    rt = Runtime(settings.replace(start_dispatcher=False))
+    rt.tracker.track("Lead", attribution=full_attribution(1), event_id="in-master")
+    master_conn = rt.outbox._conn()  # type: ignore[attr-defined]
+    new_visitor_id()  # the master's pool of ids is filled
+    read_end, write_end = os.pipe()
+    # PyDLL: the call keeps the GIL, as a server's C code forking the interpreter does. The
+    # SQLite lock is held over the fork, as a master without other threads has it free.
+    with sqlite_mod._LOCK:
+        pid = ctypes.PyDLL(None).fork()
+    if pid == 0:  # pragma: no cover - the worker, forked without Python's hooks
+        code = 1
+        signal.alarm(30)
+        try:
+            rt.ensure_thread_dispatcher()  # its first request
+            own = rt.outbox._conn() is not master_conn  # type: ignore[attr-defined]
+            receipt = rt.tracker.track(
+                "Lead", attribution=full_attribution(2), event_id="in-worker"
+            )
+            os.write(write_end, new_visitor_id().encode())
+            code = 0 if own and receipt.error is None and receipt.queued else 2
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as r:
+        worker_id = r.read().decode()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert worker_id and worker_id != new_visitor_id()  # not the master's next id
+    pending = rt.outbox.claim("kwai", 10, 60.0, time.time())
+    assert sorted(c.event_id for c in pending) == ["in-master", "in-worker"]
+    rt.close()

@@ -25,6 +25,7 @@ from typing import ClassVar
 
 import httpx
 
+from ._fork import catch_up
 from .config import Settings, outbox_identity
 from .delivery import Dispatcher, Metrics, Outbox, ThreadDispatcher, open_outbox
 from .delivery._base import fork_safe_rlock
@@ -184,8 +185,12 @@ class Runtime:
         """Start the dispatcher thread unless it runs in this process (idempotent, fork-safe).
 
         After ``fork()`` (gunicorn ``--preload``) the parent's thread does not exist in the
-        child: the pid check notices and the child starts its own.
+        child: the pid check notices and the child starts its own. Called on every WSGI
+        request, it also runs the fork hooks a server skipped (see ``_fork``).
         """
+        # A worker forked without Python's fork hooks (uWSGI's default) redoes what they do
+        # before its first request uses the outbox.
+        catch_up(os.getpid())
         if not self.settings.start_dispatcher or not self.adapters:
             return
         thread = self._thread

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ._fork import after_in_child
+
 __all__ = ["Attribution", "ClientContext", "Touch"]
 
 
@@ -138,8 +140,7 @@ def _forget_random() -> None:
     _ids.clear()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_random)
+after_in_child(_forget_random)
 
 
 def _random16() -> bytes:

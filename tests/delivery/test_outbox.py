@@ -289,6 +289,30 @@ def test_fork_waits_for_fork_safe_locks_and_forgets_dropped_ones() -> None:
     lock.release()
 
 
+def test_a_relative_sqlite_path_is_fixed_at_startup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server that changes directory later (or a thread started after it did) must keep
+    # using the file the outbox was made with, not create another one.
+    monkeypatch.chdir(tmp_path)
+    box = open_outbox("sqlite:///rel.sqlite3")
+    assert isinstance(box, SQLiteOutbox) and box.path == str(tmp_path / "rel.sqlite3")
+    box.add([rec("before")], T0)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    import threading
+
+    later = threading.Thread(target=lambda: box.add([rec("after")], T0))
+    later.start()
+    later.join()
+    box.close()
+    reopened = SQLiteOutbox(str(tmp_path / "rel.sqlite3"))
+    assert sorted(c.event_id for c in reopened.claim("meta", 10, 30.0, T0)) == ["after", "before"]
+    assert not (elsewhere / "rel.sqlite3").exists()
+    reopened.close()
+
+
 def test_sqlite_errors_become_outbox_errors(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
     box = SQLiteOutbox(str(path))

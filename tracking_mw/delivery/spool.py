@@ -32,6 +32,7 @@ import weakref
 from collections.abc import Sequence
 
 from .._errors import ConfigurationError
+from .._fork import after_in_child
 from .._json import dumps, loads
 from ._base import NewRecord, Outbox, fork_safe_rlock
 
@@ -77,10 +78,9 @@ def _resume_all() -> None:
             log.error("tracking_mw: the outbox spool cannot be resumed: %s", type(exc).__name__)
 
 
-if hasattr(os, "register_at_fork"):
-    # A worker forked from a master that made the runtime (gunicorn --preload) forwards
-    # what an earlier worker left.
-    os.register_at_fork(after_in_child=_resume_all)
+# A worker forked from a master that made the runtime (gunicorn --preload) forwards what an
+# earlier worker left.
+after_in_child(_resume_all)
 
 
 class Spool:

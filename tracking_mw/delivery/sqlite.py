@@ -61,6 +61,7 @@ from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 from .._errors import ConfigurationError, OutboxError
+from .._fork import after_in_child
 from .._json import clean_text
 from ._base import (
     DEAD,
@@ -138,8 +139,7 @@ def _forked() -> None:
     _generation += 1
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forked)
+after_in_child(_forked)
 
 # Every SQLite call of this process runs under this lock, which fork() waits for (see
 # fork_safe_rlock). SQLite serializes writers anyway, so it costs no concurrency there.
@@ -273,7 +273,9 @@ class SQLiteOutbox(Outbox):
     ) -> None:
         if synchronous.lower() not in ("normal", "full", "extra"):
             raise ConfigurationError("sqlite outbox option synchronous must be normal or full")
-        self.path = path
+        # Absolute now: a thread or process that changes directory later (a server that
+        # chdirs to /, a worker started elsewhere) still opens this file, not a new one.
+        self.path = path if path == ":memory:" else os.path.abspath(path)
         self.options = options or OutboxOptions()
         self._synchronous = synchronous.upper()
         self._local = threading.local()
@@ -290,14 +292,14 @@ class SQLiteOutbox(Outbox):
         # a dict's oldest keys one by one makes finding the next oldest ever slower.
         self._recent: dict[str, tuple[frozenset[str], float]] = {}
         self._recent_old: dict[str, tuple[frozenset[str], float]] = {}
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
+        directory = os.path.dirname(self.path)
+        if self.path != ":memory:" and not os.path.isdir(directory):
             raise ConfigurationError(f"outbox directory does not exist: {directory}")
         try:
             with _LOCK:
                 self._conn().executescript(_SCHEMA)
         except sqlite3.Error as exc:
-            raise OutboxError(f"cannot create the outbox schema: {exc}") from exc
+            raise OutboxError(f"cannot create the outbox schema in {self.path}: {exc}") from exc
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteOutbox:
@@ -329,7 +331,7 @@ class SQLiteOutbox(Outbox):
                 conn.execute("PRAGMA busy_timeout=10000")
                 conn.execute(f"PRAGMA wal_autocheckpoint={_AUTOCHECKPOINT_PAGES}")
             except sqlite3.Error as exc:
-                raise OutboxError(f"cannot open the outbox: {exc}") from exc
+                raise OutboxError(f"cannot open the outbox {self.path}: {exc}") from exc
             self._local.conn = conn
             opened = (conn, self._pid)
             self._opened.append(opened)
