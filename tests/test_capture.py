@@ -95,10 +95,30 @@ def test_parse_cookies() -> None:
         ("x" * MAX_ID_LENGTH, True),
         ("x" * (MAX_ID_LENGTH + 1), False),
         ("semi;comma,space ", True),  # kept (signed cookie), but never written raw
+        ("next\u0085line", False),  # a C1 control (NEL), as %C2%85 decodes
+        ("caf\u00e9", True),
     ],
 )
 def test_clean_id(value: str | None, ok: bool) -> None:
     assert clean_id(value) == (value if ok else None)
+
+
+@pytest.mark.parametrize("checked", [True, False])
+def test_an_fbclid_with_a_dot_or_separator_is_not_a_click(checked: bool) -> None:
+    # fb.1.<ms>.a.b.c would be six parts (Meta rejects the request); "a.b" would read back
+    # from the _fbc written for it as click "a" with an appendix "b".
+    for bad in ("a.b", "a.b.c", "a;b", "a,b"):
+        query = f"fbclid={bad}&utm_source=fb"
+        params = (
+            _checked_params(query, _param_caps(NAMES))
+            if checked
+            else _parse_query_text(query, frozenset(NAMES))
+        )
+        found, _ = _capture(params, {}, "link_id", checked)
+        assert "meta" not in found, bad
+    params = _checked_params("fbclid=IwAR0aBc-D_e", _param_caps(NAMES))
+    found, _ = _capture(params, {}, "link_id", True)
+    assert found["meta"].click_id == "IwAR0aBc-D_e"
 
 
 def test_cookie_safety() -> None:

@@ -96,6 +96,11 @@ def test_trusted_proxies() -> None:
     )
     with pytest.raises(ConfigurationError, match="not an IP"):
         Settings.from_env(environ=env(TRACKING_TRUSTED_PROXIES="10.0.0.1,nope"))
+    assert s.proxy_header == "x-forwarded-for"
+    s = Settings.from_env(environ=env(TRACKING_PROXY_HEADER=" Forwarded "))
+    assert s.proxy_header == "forwarded"
+    with pytest.raises(ConfigurationError, match="TRACKING_PROXY_HEADER"):
+        Settings.from_env(environ=env(TRACKING_PROXY_HEADER="x-real-ip"))
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 import tracking_mw._core as core_mod
 from tracking_mw._core import Core, RequestParts
 from tracking_mw.config import Settings
+from tracking_mw.session import CLOCK_LEEWAY
 
 KEY = "k" * 32
 DAY = 86_400
@@ -96,7 +97,12 @@ def test_remembered_answer_ends_with_the_cookie(clock: list[float]) -> None:
     clock[0] += 1  # expired: a fresh visitor, as without the shortcut
     state, _ = core.process(parts(cookie), {})
     assert state.attribution is not None and state.attribution.touches == {}
-    clock[0] = T0 - 1  # a clock set back before the signing time: not valid either
+    # A clock behind the signing time (another host signed it): valid within the leeway,
+    # remembered or not; further back, not valid either.
+    clock[0] = T0 - CLOCK_LEEWAY
+    state, _ = core.process(parts(cookie), {})
+    assert state.attribution is not None and "kwai" in state.attribution.touches
+    clock[0] = T0 - CLOCK_LEEWAY - 1
     state, _ = core.process(parts(cookie), {})
     assert state.attribution is not None and state.attribution.touches == {}
 
@@ -388,3 +394,26 @@ def test_one_url_with_kwai_and_bigo_clicks_gives_each_its_own_pixel(clock: list[
     assert state.attribution is not None
     assert state.attribution.touches["kwai"].pixel_id == "P2"
     assert state.attribution.touches["bigo"].pixel_id is None
+
+
+def test_an_fbc_older_than_the_window_brings_no_click(clock: list[float]) -> None:
+    """Meta keeps _fbc for 90 days: once its click is older than the attribution window
+    (pruned from the session, or the session expired), the cookie does not bring it back as
+    a new click. A fresh _fbc does bring its click; the fbp counts either way."""
+    core = make_core(cookie_max_age=DAY)
+    fbp = "fb.1.1700000000000.123456789"
+    old = f"fb.1.{(T0 - 2 * DAY) * 1000}.IwAR_old"
+    state, written = core.process(parts(f"_fbc={old}; _fbp={fbp}"), {})
+    assert state.attribution is not None
+    meta = state.attribution.touches.get("meta")
+    assert meta is not None and meta.click_id is None and meta.extra.get("fbp") == fbp
+    assert "fbc" not in meta.extra
+    assert all("IwAR_old" not in w for w in written)
+    fresh = f"fb.1.{(T0 - 600) * 1000}.IwAR_new"
+    state, written = core.process(parts(f"_fbc={fresh}"), {})
+    assert state.attribution is not None
+    assert state.attribution.touches["meta"].click_id == "IwAR_new"
+    # Only an old _fbc and Meta not configured: nothing at all is captured or written.
+    state, written = core.process(parts(f"_fbc={old}"), {})
+    assert written == [] and state.attribution is not None
+    assert state.attribution.touches == {}

@@ -168,6 +168,11 @@ def test_trusted_proxy() -> None:
         r = c.get("/", headers={"x-forwarded-for": "9.9.9.9, 10.0.0.5"})
         assert r.json()["attribution"]["client"]["ip"] == "9.9.9.9"
         r = c.get("/", headers={"forwarded": 'for="[2001:db8::7]:1"'})
+        assert r.json()["attribution"]["client"]["ip"] == "10.0.0.2"  # not the header read
+    settings = make_settings(trusted_proxies=["10.0.0.0/8"], proxy_header="forwarded")
+    mw = TrackingWSGIMiddleware(flask_app().wsgi_app, settings)
+    with client_for(mw, peer="10.0.0.2") as c:
+        r = c.get("/", headers={"forwarded": 'for="[2001:db8::7]:1"', "x-forwarded-for": "6.6.6.6"})
         assert r.json()["attribution"]["client"]["ip"] == "2001:db8::7"
 
 

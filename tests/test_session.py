@@ -23,6 +23,7 @@ from itsdangerous.encoding import base64_encode
 from tracking_mw.attribution import Attribution, ClientContext, Touch
 from tracking_mw.config import MAX_SET_COOKIE_BYTES, Settings
 from tracking_mw.session import (
+    CLOCK_LEEWAY,
     MAX_LANDING_URL,
     SALT,
     SessionCodec,
@@ -115,7 +116,9 @@ def test_expired_and_future_cookies_are_absent() -> None:
     value = codec.encode(sample(now))
     assert codec.decode(value, now + 100) is not None
     assert codec.decode(value, now + 101) is None
-    assert codec.decode(value, now - 5) is None  # signed "in the future"
+    # Signed "in the future": by another host whose clock is ahead, up to CLOCK_LEEWAY.
+    assert codec.decode(value, now - CLOCK_LEEWAY) is not None
+    assert codec.decode(value, now - CLOCK_LEEWAY - 1) is None
     # The cache must not bypass the age check.
     assert codec.decode(value, now) is not None
     assert codec.decode(value, now + 1000) is None
@@ -128,6 +131,23 @@ def test_future_dated_signature_rejected_uncached(monkeypatch: pytest.MonkeyPatc
     monkeypatch.undo()
     assert SessionCodec(settings()).decode(forged) is None
     assert codec.decode(forged) is None
+
+
+def test_a_cookie_signed_by_a_host_whose_clock_is_ahead_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two hosts behind one load balancer: the landing's host signs 30 s ahead of the host
+    # that reads the next page. Read fresh (not cached) and again from the cache.
+    signer = SessionCodec(settings())
+    monkeypatch.setattr(signer._signer, "get_timestamp", lambda: int(time.time()) + 30)
+    ahead = signer.encode(sample())
+    monkeypatch.undo()
+    reader = SessionCodec(settings())
+    for _ in range(2):
+        got = reader.decode(ahead)
+        assert got is not None and got.visitor_id == sample().visitor_id
+    span = reader.stable_span(ahead)
+    assert span is not None and span[0] <= int(time.time())
 
 
 def test_other_salt_or_serializer_rejected() -> None:

@@ -16,8 +16,11 @@ long as it cannot change (see ``Core._remember_quiet``). The attribution shown t
 the request's client context, is assembled only when a view asks for it (``RequestState``).
 
 ``fbp`` is created only when Meta is configured or an ``fbclid`` arrived: a site that does not
-use Meta gets no Meta cookie. When the browser lost its ``_fbp``/``_fbc`` but the session still
-has them, the stored values are written back instead of new ones, so the ids stay stable.
+use Meta gets no Meta cookie. When the browser lost its ``_fbp`` but the session still has it,
+the stored value is written back instead of a new one, and a landing that brings the stored
+fbclid again gets the stored ``fbc`` back (with its creation time), so the ids stay stable.
+A lost ``_fbc`` is not written back on other pages; the server's events carry the stored
+``fbc`` either way.
 """
 
 from __future__ import annotations
@@ -177,6 +180,24 @@ def _settle_cookie_click(inc: Incoming, stored: Touch | None) -> None:
     inc.extra.pop("fbc", None)
 
 
+def _drop_expired_fbc_click(
+    found: dict[str, Incoming], inc: Incoming, now: int, max_age: int
+) -> None:
+    """Meta keeps ``_fbc`` for 90 days, longer than the attribution window: a click it dates
+    before the window (pruned from the session, or the session cookie expired) is not
+    captured again as if new. Its ``fbp`` still counts."""
+    fbc = inc.extra.get("fbc")
+    if fbc is None:
+        return
+    created = fbc.split(".", 3)[2]  # fb.<subdomain index>.<creation ms>.<fbclid>
+    if created.isdigit() and now - int(created) // 1000 > max_age:
+        inc.click_id = None
+        inc.from_cookie = False
+        del inc.extra["fbc"]
+        if not inc.extra:
+            del found["meta"]
+
+
 class Core:
     """Protocol-independent tracking logic for one :class:`Settings` (no per-request state).
 
@@ -205,6 +226,7 @@ class Core:
         self._cookie_names = frozenset((settings.cookie_name, *COOKIE_NAMES))
         self._cookie_name = settings.cookie_name
         self._trusted = settings.trusted_proxies
+        self._proxy_header = settings.proxy_header
         self._capture_bots = settings.capture_bots
         self._meta_on = settings.meta is not None
         # Hosts already checked against _HOST (a site sees few): a dict lookup, not a regex.
@@ -338,6 +360,9 @@ class Core:
                 pixels = pixels_by_click(query)
                 found["kwai"].pixel_id = pixels["kwai"]
                 bigo.pixel_id = pixels["bigo"]
+            meta_in = found.get("meta")
+            if meta_in is not None and meta_in.from_cookie:
+                _drop_expired_fbc_click(found, meta_in, now, self.codec.max_age)
         else:
             # The common later request: no parameters, no pixel cookies, nothing to capture.
             found, utm = {}, {}
@@ -564,6 +589,7 @@ class Core:
                     x_forwarded_for=parts.x_forwarded_for,
                     forwarded=parts.forwarded,
                     trusted=trusted,  # type: ignore[arg-type]
+                    header=self._proxy_header,
                 )
                 if trusted
                 else parts.peer,

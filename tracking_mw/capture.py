@@ -80,13 +80,17 @@ BIGO_COOKIE_ID = "_bge_ci"
 TIKTOK_COOKIE = "_ttp"
 COOKIE_NAMES = (META_FBC_COOKIE, META_FBP_COOKIE, BIGO_COOKIE_CLICK, BIGO_COOKIE_ID, TIKTOK_COOKIE)
 
-# C0 controls and DEL: never part of an identifier, and CR/LF could split a header.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 controls, DEL and C1 controls: never part of an identifier, and CR/LF could split a
+# header.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # RFC 6265 cookie-octet: what may be written as a bare cookie value.
 _COOKIE_OCTETS = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+")
 # fb.<subdomain index>.<creation ms>.<fbclid>[.<appendix>]: 4 or 5 parts, which Meta takes;
 # a value of more parts would get the whole request rejected.
 _FBC = re.compile(r"fb\.\d{1,2}\.\d{1,16}\.[^\s;,\"\\.]+(\.[^\s;,\"\\.]+)?")
+# An fbclid: one segment of an _fbc (no dot, which would make the fbc built from it a value
+# of more parts, or read back as another click id with an appendix).
+_FBCLID = re.compile(r"[^\s;,\"\\.]+")
 _FBP = re.compile(r"fb\.\d{1,2}\.\d{1,16}\.\d{1,12}(\.[A-Za-z0-9_\-]{1,16})?")
 
 
@@ -353,6 +357,8 @@ def _capture(
         rtid = clean_id(v) if (v := get("rtid")) is not None else None
         link = clean_id(v) if link_param and (v := get(link_param)) is not None else None
         ttclid = clean_id(v) if (v := get("ttclid")) is not None else None
+    if fbclid is not None and not _FBCLID.fullmatch(fbclid):
+        fbclid = None
 
     if click:
         found["kwai"] = Incoming("kwai", click, pixel)

@@ -7,11 +7,13 @@ Rules (the shape of uvicorn's ``middleware/proxy_headers.py``, hardened):
   ``Settings.trusted_proxies``; otherwise anyone could claim any address.
 - The client is the *rightmost* address that is not a trusted proxy: every trusted hop appends
   the address it saw, so entries left of the first untrusted one may be forged by the client.
-- Entries that are not IP addresses (``unknown``, ``_hidden``, garbage) are skipped; ports,
-  quotes and IPv6 brackets are removed; repeated headers are joined in order.
-- ``X-Forwarded-For`` wins over ``Forwarded`` when both are present, because it is the header
-  that common proxies (nginx, HAProxy, cloud load balancers) append to; a proxy that only
-  writes ``Forwarded`` leaves no ``X-Forwarded-For`` to confuse it with.
+- Garbage entries (not an address, not an identifier) are skipped; ports, quotes and IPv6
+  brackets are removed; repeated headers are joined in order. An identifier a proxy wrote
+  in place of an address (``unknown``, an obfuscated ``_hidden``) ends the walk with no
+  address: what lies left of it came from beyond that proxy, possibly from the client.
+- Only one header is read, the one the proxies write (``Settings.proxy_header``,
+  ``X-Forwarded-For`` by default): a proxy passes the other one through as the client sent
+  it, so reading whichever is present would let the client choose.
 - When every listed hop is trusted, the leftmost one is the client.
 - A missing peer (a Unix socket, only reachable from the same host) counts as trusted when
   any proxy is configured.
@@ -99,30 +101,44 @@ def _trusted(ip: _IP, networks: Sequence[_Network]) -> bool:
     return any(ip in net for net in networks)
 
 
+def _identifier(entry: str) -> bool:
+    """Whether a hop entry is RFC 7239's ``unknown`` or an obfuscated ``_name``."""
+    v = entry.strip().strip('"').strip()
+    return v.lower() == "unknown" or (
+        v[:1] == "_" and len(v) > 1 and all(c.isalnum() or c in "._-" for c in v[1:])
+    )
+
+
 def resolve_client_ip(
     peer: str | None,
     *,
     x_forwarded_for: str | None,
     forwarded: str | None,
     trusted: Sequence[_Network],
+    header: str = "x-forwarded-for",
 ) -> str | None:
-    """The client's address as a string, following the rules in the module docstring."""
+    """The client's address as a string, following the rules in the module docstring;
+    ``header`` is the one the trusted proxies write (``x-forwarded-for`` or ``forwarded``)."""
     if not trusted:
         return peer
     if peer is not None:
         peer_ip = parse_ip(peer)
         if peer_ip is None or not _trusted(peer_ip, trusted):
             return peer
-    if x_forwarded_for:
-        entries = parse_x_forwarded_for(x_forwarded_for)
-    elif forwarded:
+    if header == "forwarded":
+        if not forwarded:
+            return peer
         entries = parse_forwarded(forwarded)
+    elif x_forwarded_for:
+        entries = parse_x_forwarded_for(x_forwarded_for)
     else:
         return peer
     leftmost: _IP | None = None
     for raw in reversed(entries):
         ip = parse_ip(raw)
         if ip is None:
+            if _identifier(raw):
+                return None
             continue
         if not _trusted(ip, trusted):
             return str(ip)

@@ -345,6 +345,10 @@ class Settings:
     write_meta_cookies: bool = True
     meta_cookie_max_age: int = 90 * 86400
     trusted_proxies: Sequence[str | _Network] = ()
+    #: The header the trusted proxies write the client's address into: ``x-forwarded-for``
+    #: (nginx, HAProxy's forwardfor, cloud load balancers) or ``forwarded`` (RFC 7239). Only
+    #: that one is read: a proxy passes the other through as the client sent it.
+    proxy_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
     capture_bots: bool = False
     consent: Callable[[MutableMapping[str, Any]], bool] | None = None
     phone_region: str = "BR"
@@ -407,6 +411,10 @@ class Settings:
                     f"TRACKING_TRUSTED_PROXIES: {p!r} is not an IP address or CIDR"
                 ) from exc
         _set(self, "trusted_proxies", tuple(nets))
+        header = str(self.proxy_header).strip().lower()
+        if header not in ("x-forwarded-for", "forwarded"):
+            raise ConfigurationError("TRACKING_PROXY_HEADER must be x-forwarded-for or forwarded")
+        _set(self, "proxy_header", header)
         if self.consent is not None and not callable(self.consent):
             raise ConfigurationError("consent must be a callable taking the scope/environ")
         if not re.fullmatch(r"[A-Z]{2}", self.phone_region):
@@ -536,6 +544,7 @@ class SettingsOverrides(TypedDict, total=False):
     write_meta_cookies: bool
     meta_cookie_max_age: int
     trusted_proxies: Sequence[str | _Network]
+    proxy_header: Literal["x-forwarded-for", "forwarded"]
     capture_bots: bool
     consent: Callable[[MutableMapping[str, Any]], bool] | None
     phone_region: str
@@ -657,6 +666,7 @@ _SIMPLE_ENV: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
     ("cookie_domain", "TRACKING_COOKIE_DOMAIN", _text),
     ("write_meta_cookies", "TRACKING_WRITE_META_COOKIES", _bool),
     ("trusted_proxies", "TRACKING_TRUSTED_PROXIES", _csv),
+    ("proxy_header", "TRACKING_PROXY_HEADER", _text),
     ("capture_bots", "TRACKING_CAPTURE_BOTS", _bool),
     ("phone_region", "TRACKING_PHONE_REGION", _upper),
     ("outbox", "TRACKING_OUTBOX", _text),

@@ -8,7 +8,9 @@ readable by anyone who holds it, only its integrity is protected.
 - Signed with the newest key of ``Settings.secret_key`` and accepted with any listed key, so
   keys can be rotated without logging visitors out of their attribution.
 - ``max_age`` (``Settings.cookie_max_age``) is enforced from the signing time, and a
-  future-dated signature is rejected; touches first seen longer ago than ``max_age`` are dropped.
+  future-dated signature is rejected (beyond :data:`CLOCK_LEEWAY`: another host of the site,
+  its clock a little ahead, may have signed it); touches first seen longer ago than
+  ``max_age`` are dropped.
 - Anything wrong with a cookie (tampered, expired, future, truncated, malformed, oversize, a
   payload of the wrong shape) makes it *absent*: :meth:`SessionCodec.decode` returns None,
   never raises.
@@ -46,13 +48,18 @@ from .attribution import Attribution, Touch, _touch
 from .capture import MAX_ID_LENGTH, MAX_LONG_ID_LENGTH
 from .config import MAX_SET_COOKIE_BYTES, PLATFORMS, Secret, Settings
 
-__all__ = ["MAX_LANDING_URL", "SALT", "SessionCodec"]
+__all__ = ["CLOCK_LEEWAY", "MAX_LANDING_URL", "SALT", "SessionCodec"]
 
 logger = logging.getLogger("tracking_mw")
 
 SALT = "tracking_mw.attribution.v1"
 # A browser keeps at most 4,096 bytes per cookie; a longer raw value cannot be ours.
 MAX_COOKIE_CHARS = 4096
+#: Seconds a signature may lie in the future and still count. A site served by several hosts
+#: signs on one and reads on another: with the reader's clock behind, a visitor's next page
+#: would otherwise see their fresh cookie as forged and lose the click (a request that
+#: captures anything then writes a new session over it).
+CLOCK_LEEWAY = 60
 MAX_LANDING_URL = 512
 _CACHE_SIZE = 4096
 _EXTRA_KEYS = frozenset({"fbc", "fbp", "cookie_id", "ttp"})
@@ -525,7 +532,7 @@ class SessionCodec:
             self._remember(raw, hit)
         signed_at, attribution, oldest = hit
         age = now - signed_at
-        if age > self.max_age or age < 0:
+        if age > self.max_age or age < -CLOCK_LEEWAY:
             return None
         if now - oldest > self.max_age:
             attribution = self._prune(attribution, now)
@@ -538,11 +545,12 @@ class SessionCodec:
         if hit is None:
             return None
         signed_at, _, oldest = hit
-        return signed_at, min(signed_at, oldest) + self.max_age
+        return signed_at - CLOCK_LEEWAY, min(signed_at, oldest) + self.max_age
 
     def _verify(self, raw: str) -> tuple[int, Attribution, int] | None:
         try:
-            body, signed = self._signer.unsign(raw, max_age=self.max_age, return_timestamp=True)
+            # The signature only: its age is judged by decode(), against its own clock.
+            body, signed = self._signer.unsign(raw, return_timestamp=True)
             if body[:1] == b".":
                 # Signed by us, so not a bomb; still bounded.
                 data = zlib.decompressobj().decompress(base64_decode(body[1:]), _MAX_PAYLOAD)
