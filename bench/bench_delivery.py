@@ -45,7 +45,7 @@ META_EVENTS = 30_000
 KWAI_EVENTS = 2_000
 PENDING = 100_000
 CONCURRENCY = 4
-THROUGHPUT_ROUNDS = 3
+THROUGHPUT_ROUNDS = 7
 
 
 def _free_port() -> int:
@@ -364,9 +364,9 @@ def _dispatch(rt: Runtime, platform: str) -> float:
 def _throughput(base: str, path: str, delivery: DeliveryConfig) -> dict[str, float]:
     """Seconds for Meta and Kwai from the outbox to ``base``, and for bare httpx loops.
 
-    Three rounds, each the engine then its bare loop; per platform, the round with the
-    median ratio is kept. Two processes share two cores here, so one round's ratio swings
-    by 20% either way.
+    THROUGHPUT_ROUNDS rounds, each the engine then its bare loop; per platform, the round
+    with the median ratio is kept. Two processes share two cores here, so one round's ratio
+    swings by 20% either way (with three rounds, the kept one ranged 0.68x-0.89x over runs).
     """
     rt = Runtime(_settings(base, f"sqlite:///{path}", delivery=delivery))
     adapters = build_adapters(rt.settings)
