@@ -313,6 +313,29 @@ def test_a_relative_sqlite_path_is_fixed_at_startup(
     reopened.close()
 
 
+def test_an_idle_claim_reads_instead_of_taking_the_write_lock(tmp_path: Path) -> None:
+    import sqlite3
+
+    box = SQLiteOutbox(str(tmp_path / "o.sqlite3"))
+    assert box.claim("meta", 10, 30.0, T0) == []  # nothing: this lane is idle now
+    # Another process holds SQLite's write lock. An idle claim only reads: it answers at
+    # once instead of waiting for the lock (10 s, then an error).
+    other = sqlite3.connect(box.path, isolation_level=None, timeout=0.1)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        assert box.claim("meta", 10, 30.0, T0) == []
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    # A new event is seen by the read, and claimed.
+    box.add([rec("e1")], T0)
+    assert [c.event_id for c in box.claim("meta", 10, 30.0, T0)] == ["e1"]
+    assert box.claim("meta", 10, 30.0, T0 + 1) == []  # leased: idle again
+    # A lease that ran out is due again: the read sees it.
+    assert [c.event_id for c in box.claim("meta", 10, 30.0, T0 + 31)] == ["e1"]
+    box.close()
+
+
 def test_sqlite_errors_become_outbox_errors(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
     box = SQLiteOutbox(str(path))
