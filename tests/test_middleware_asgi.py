@@ -19,6 +19,7 @@ from starlette.routing import Route
 import tracking_mw._setup as setup_mod
 from tests._clients import CHROME, asgi_client, tmw_cookies
 from tests._settings import quiet_settings
+from tests.test_core import count_decodes
 from tracking_mw._context import _state, current_attribution, current_state
 from tracking_mw._errors import ConfigurationError
 from tracking_mw.asgi import TrackingMiddleware
@@ -497,6 +498,18 @@ async def test_non_http_scopes_pass_through(mw: TrackingMiddleware) -> None:
     assert seen == [("websocket", None)]
 
 
+def get_p(headers: list[tuple[bytes, Any]]) -> dict[str, Any]:
+    """The scope of ``GET /p`` with ``headers``, for calling the middleware directly."""
+    return {
+        "type": "http",
+        "method": "GET",
+        "path": "/p",
+        "raw_path": b"/p",
+        "query_string": b"",
+        "headers": headers,
+    }
+
+
 async def _never() -> dict[str, Any]:
     raise AssertionError("not called")
 
@@ -689,24 +702,10 @@ async def test_split_cookie_headers_are_remembered_joined(mw: TrackingMiddleware
         await send({"type": "http.response.body", "body": b""})
 
     mw.app = view
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/p",
-        "raw_path": b"/p",
-        "query_string": b"",
-        "headers": [(b"cookie", b"a=1"), (b"host", b"shop.test"), (b"cookie", tmw.encode())],
-    }
+    scope = get_p([(b"cookie", b"a=1"), (b"host", b"shop.test"), (b"cookie", tmw.encode())])
     await mw(dict(scope), _never, _ignore)
     assert list(mw._core._quiet) == [b"a=1; " + tmw.encode()]
-    decoded: list[str] = []
-    real = mw._core.codec.decode
-
-    def counting(raw: str | None, now: int | None = None) -> Any:
-        decoded.append("decode")
-        return real(raw, now)
-
-    mw._core.codec.decode = counting  # type: ignore[method-assign]
+    decoded = count_decodes(mw._core)
     for _ in range(2):
         await mw(dict(scope), _never, _ignore)
     assert seen == ["K1"] * 3 and decoded == []  # answered from memory
@@ -830,14 +829,7 @@ async def test_remembered_view_reads_headers_as_they_arrived_under_mutable_heade
         await c.get("/?click_id=K1&pixel_id=P1")
         await c.get("/a")  # decoded, then remembered
         assert len(mw._core._quiet) == 1
-        decoded: list[int] = []
-        real = mw._core.codec.decode
-
-        def counting(raw: str | None, now: int | None = None) -> Any:
-            decoded.append(1)
-            return real(raw, now)
-
-        mw._core.codec.decode = counting  # type: ignore[method-assign]
+        decoded = count_decodes(mw._core)
         for agent in ("agent-2", "agent-3"):
             r = await c.get("/b", headers={"user-agent": agent})
             assert r.status_code == 200 and r.text == agent
@@ -866,14 +858,7 @@ async def test_remembered_answer_ends_with_the_cookie(monkeypatch: pytest.Monkey
         r = await c.get("/", headers=sent)
         assert r.json()["attribution"]["touches"]["kwai"]["click_id"] == "K1"
         assert len(mw._core._quiet) == 1
-        decoded: list[int] = []
-        real = mw._core.codec.decode
-
-        def counting(raw: str | None, now: int | None = None) -> Any:
-            decoded.append(1)
-            return real(raw, now)
-
-        mw._core.codec.decode = counting  # type: ignore[method-assign]
+        decoded = count_decodes(mw._core)
         clock[0] = 1_800_000_000.0 + 3599  # the click's last second in the window
         r = await c.get("/", headers=sent)
         assert r.json()["attribution"]["touches"]["kwai"]["click_id"] == "K1"
@@ -881,7 +866,7 @@ async def test_remembered_answer_ends_with_the_cookie(monkeypatch: pytest.Monkey
         clock[0] += 2  # past the cookie's last valid second
         r = await c.get("/", headers=sent)
         assert r.status_code == 200 and r.json()["attribution"]["touches"] == {}
-        assert decoded == [1]  # read and decoded again: expired
+        assert decoded == ["decode"]  # read and decoded again: expired
 
 
 async def test_odd_cookie_header_values_on_a_repeat_view_do_not_escape(
@@ -897,14 +882,7 @@ async def test_odd_cookie_header_values_on_a_repeat_view_do_not_escape(
         await send({"type": "http.response.body", "body": b""})
 
     mw.app = view
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/p",
-        "raw_path": b"/p",
-        "query_string": b"",
-        "headers": [(b"cookie", b"a=1"), (b"cookie", "b=2")],
-    }
+    scope = get_p([(b"cookie", b"a=1"), (b"cookie", "b=2")])
     with caplog.at_level(logging.ERROR, logger="tracking_mw"):
         await mw(dict(scope), _never, _ignore)
     assert seen == ["/p"]

@@ -60,6 +60,7 @@ from .capture import (
     _parse_query_text,
     build_fbc,
     build_fbp,
+    fbc_created_ms,
     fbc_holds,
     is_cookie_safe,
     parse_cookies,
@@ -172,8 +173,8 @@ def _settle_cookie_click(inc: Incoming, stored: Touch | None) -> None:
         return
     fbc = inc.extra.get("fbc")
     if fbc is not None:
-        created = fbc.split(".", 3)[2]  # fb.<subdomain index>.<creation ms>.<fbclid>
-        if created.isdigit() and int(created) > stored.first_seen * 1000:
+        created = fbc_created_ms(fbc)
+        if created is not None and created > stored.first_seen * 1000:
             return
     inc.click_id = None
     inc.from_cookie = False
@@ -189,8 +190,8 @@ def _drop_expired_fbc_click(
     fbc = inc.extra.get("fbc")
     if fbc is None:
         return
-    created = fbc.split(".", 3)[2]  # fb.<subdomain index>.<creation ms>.<fbclid>
-    if created.isdigit() and now - int(created) // 1000 > max_age:
+    created = fbc_created_ms(fbc)
+    if created is not None and now - created // 1000 > max_age:
         inc.click_id = None
         inc.from_cookie = False
         del inc.extra["fbc"]

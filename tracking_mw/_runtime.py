@@ -25,10 +25,9 @@ from typing import ClassVar
 
 import httpx
 
-from ._fork import catch_up
+from ._fork import catch_up, fork_safe_rlock
 from .config import Settings, outbox_identity
 from .delivery import Dispatcher, Metrics, Outbox, ThreadDispatcher, open_outbox
-from .delivery._base import fork_safe_rlock
 from .delivery.metrics import register_prometheus
 from .delivery.spool import Spool
 from .platforms import build_adapters

@@ -53,6 +53,7 @@ __all__ = [
     "build_fbp",
     "capture",
     "clean_id",
+    "fbc_created_ms",
     "fbc_holds",
     "fbclid_of",
     "is_cookie_safe",
@@ -267,6 +268,12 @@ def fbc_holds(fbc: str, fbclid: str) -> bool:
         return False
     tail = parts[3]
     return tail == fbclid or tail.startswith(fbclid + ".")
+
+
+def fbc_created_ms(fbc: str) -> int | None:
+    """The creation time (Unix ms) an ``fbc`` value carries, if it is readable."""
+    parts = fbc.split(".", 3)  # fb.<subdomain index>.<creation ms>.<fbclid>
+    return int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else None
 
 
 def fbclid_of(fbc: str) -> str | None:

@@ -249,14 +249,14 @@ def test_fork_waits_for_fork_safe_locks_and_forgets_dropped_ones() -> None:
     import threading
     import warnings
 
-    from tracking_mw.delivery import _base
+    from tracking_mw import _fork
 
-    lock = _base.fork_safe_rlock()
-    dropped = _base.fork_safe_rlock()
-    registered = len(_base._FORK_LOCKS)
+    lock = _fork.fork_safe_rlock()
+    dropped = _fork.fork_safe_rlock()
+    registered = len(_fork._locks)
     del dropped
     gc.collect()
-    assert len(_base._FORK_LOCKS) == registered - 1  # an object's lock goes with it
+    assert len(_fork._locks) == registered - 1  # an object's lock goes with it
     # Another thread holds the lock when this one forks: fork waits until it is released,
     # so the child does not inherit it held by a thread that does not exist there.
     taken, release = threading.Event(), threading.Event()

@@ -20,12 +20,8 @@ Every method is synchronous and short; the asyncio dispatcher calls them in a wo
 
 from __future__ import annotations
 
-import itertools
 import math
-import os
 import secrets
-import threading
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,7 +39,6 @@ __all__ = [
     "OutboxOptions",
     "dumps",
     "excerpt",
-    "fork_safe_rlock",
     "loads",
     "new_token",
 ]
@@ -65,55 +60,6 @@ def excerpt(text: str | bytes | None) -> str | None:
     if isinstance(text, bytes):
         text = text[: RESPONSE_EXCERPT * 4].decode("utf-8", "replace")
     return text[:RESPONSE_EXCERPT]
-
-
-# The locks fork() waits for, in the order they were made, held weakly: an object's lock goes
-# with it. One set of at-fork hooks serves them all (hooks cannot be removed, so one per lock
-# would pile up, and keep every lock alive, in a process that makes many).
-# Keyed by a counter (dict order is creation order); an entry removes itself when its lock
-# is dropped. Only single dict operations, atomic under the GIL: no lock guards these.
-_FORK_LOCKS: dict[int, weakref.ref[threading.RLock]] = {}
-_FORK_LOCK_KEYS = itertools.count()
-_HELD_OVER_FORK: list[threading.RLock] = []
-
-
-def _before_fork() -> None:
-    # Newest first, as separate hooks would run: an object's lock before a module's.
-    for ref in reversed(list(_FORK_LOCKS.values())):
-        lock = ref()
-        if lock is not None:
-            lock.acquire()
-            _HELD_OVER_FORK.append(lock)
-
-
-def _after_fork() -> None:
-    while _HELD_OVER_FORK:
-        _HELD_OVER_FORK.pop().release()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork
-    )
-
-
-def fork_safe_rlock() -> threading.RLock:
-    """An RLock that ``fork()`` waits for: taken before a fork, released after it on both
-    sides, so a child never inherits it held by a thread that does not exist there.
-
-    SQLite needs this too: a child forked while another thread is inside a transaction
-    inherits SQLite's in-process lock bookkeeping in that state and finds the database
-    "locked" forever (gunicorn ``--preload`` forks a process that may hold connections).
-    """
-    lock = threading.RLock()
-    key = next(_FORK_LOCK_KEYS)
-    locks = _FORK_LOCKS  # bound here: module globals may be gone when a lock dies at exit
-
-    def forget(_: object) -> None:
-        locks.pop(key, None)
-
-    locks[key] = weakref.ref(lock, forget)
-    return lock
 
 
 def new_token() -> str:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._fork import fork_safe_rlock
 from ._base import (
     DEAD,
     DELIVERED,
@@ -24,7 +25,6 @@ from ._base import (
     OutboxOptions,
     empty_stats,
     excerpt,
-    fork_safe_rlock,
     new_token,
 )
 

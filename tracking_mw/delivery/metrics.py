@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from ._base import fork_safe_rlock
+from .._fork import fork_safe_rlock
 
 __all__ = ["COUNTERS", "Metrics", "register_prometheus"]
 

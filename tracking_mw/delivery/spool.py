@@ -32,9 +32,9 @@ import weakref
 from collections.abc import Sequence
 
 from .._errors import ConfigurationError
-from .._fork import after_in_child
+from .._fork import after_in_child, fork_safe_rlock
 from .._json import dumps, loads
-from ._base import NewRecord, Outbox, fork_safe_rlock
+from ._base import NewRecord, Outbox
 
 __all__ = ["FIRST_WAIT", "MAX_WAIT", "Spool"]
 

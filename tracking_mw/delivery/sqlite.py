@@ -61,7 +61,7 @@ from contextlib import contextmanager, nullcontext, suppress
 from typing import Any
 
 from .._errors import ConfigurationError, OutboxError
-from .._fork import after_in_child
+from .._fork import after_in_child, fork_safe_rlock
 from .._json import clean_text
 from ._base import (
     DEAD,
@@ -76,7 +76,6 @@ from ._base import (
     dumps,
     empty_stats,
     excerpt,
-    fork_safe_rlock,
     loads,
     new_token,
 )
